@@ -1,0 +1,41 @@
+"""Shared fixtures. Data tests read ``../shared/data`` and skip without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(
+    os.environ.get("XFEAT_HLOC_TEST_DATA", ROOT.parent / "shared" / "data")
+).resolve()
+
+
+def _data_dir(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(
+            f"test data {path} is absent: these tests need the shared data folder "
+            "../shared/data beside the repository (or $XFEAT_HLOC_TEST_DATA)."
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sacre_coeur_dir() -> Path:
+    """10 photos of the Sacre Coeur (hloc's demo set), no ground truth."""
+    return _data_dir("sacre_coeur", "mapping")
+
+
+@pytest.fixture(scope="session")
+def fountain_dir() -> Path:
+    """Strecha fountain-P11: ``images/`` (3072x2048) and ``gt_dense_cameras/``."""
+    return _data_dir("strecha", "fountain-P11")
+
+
+@pytest.fixture(scope="session")
+def kornia_data_dir() -> Path:
+    """kornia's test pairs (LoFTR reference matches, knchurch)."""
+    return _data_dir("kornia")

@@ -1,0 +1,1 @@
+"""Comparing reconstructions and localizations with ground-truth cameras."""

@@ -1,0 +1,1 @@
+"""Network definitions (no hloc contract): the XFeat network, LoFTR helpers."""

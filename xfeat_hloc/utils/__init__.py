@@ -1,0 +1,1 @@
+"""Shared utilities: the model contract, h5 and text file formats, images."""
