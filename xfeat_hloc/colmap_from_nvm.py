@@ -97,10 +97,9 @@ def read_nvm(
         lineno, parts = next(lines, (0, []))
         if not parts or not parts[0].startswith("NVM_V3"):
             raise _nvm_error(path, lineno, "the file does not start with NVM_V3")
-        if len(parts) > 1 and parts[1] == "FixedK":
-            parts = parts[:1]  # shared calibration, unused: intrinsics come apart
-        if len(parts) == 1:
-            lineno, parts = next(lines, (lineno, []))
+        # (a "FixedK fx cx fy cy" calibration may follow NVM_V3: unused, the
+        # intrinsics come from their own file)
+        lineno, parts = next(lines, (lineno, []))
         try:
             num_cameras = int(parts[0])
         except (IndexError, ValueError):

@@ -37,6 +37,12 @@ extractors: dict[str, Conf] = {
         "model": {"name": "xfeat", "max_keypoints": 4096},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
+    # Global descriptor for retrieval (weights file needed, see extractors/netvlad.py)
+    "netvlad": {
+        "output": "global-feats-netvlad",
+        "model": {"name": "netvlad"},
+        "preprocessing": {"resize_max": 1024},
+    },
 }
 
 matchers: dict[str, Conf] = {

@@ -1,3 +1,3 @@
 """Local and global feature extractors, one module per conf ``model.name``."""
 
-MODELS = ("xfeat",)
+MODELS = ("xfeat", "netvlad")

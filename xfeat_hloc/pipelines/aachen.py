@@ -1,0 +1,900 @@
+"""Aachen day-night v1.0 and v1.1 localization, end to end, and the results
+validator (``xfeat-hloc aachen``, ``xfeat-hloc validate-results``).
+
+Steps (each one skips what a previous run finished, so a rerun after a kill
+completes the job):
+
+1. check the dataset layout (every problem listed at once, nothing starts on a
+   broken layout);
+2. the reference SIFT model: v1.1 reads ``3D-models/aachen_v_1_1``; v1.0
+   converts the NVM model (``colmap_from_nvm``) into ``OUTPUTS/sfm_sift``;
+3. database pairs: the ``num_covis`` most covisible images of each database
+   image in the reference model (a model without 3D points: nearest camera
+   poses, said in the log);
+4. local features and matching of those pairs (sparse: ``extract_features`` +
+   ``match_features``; dense: ``match_dense``);
+5. triangulation of a new model with the reference poses
+   (``OUTPUTS/sfm_<method>``);
+6. retrieval pairs for the queries (``xfeat-global``: VLAD of XFeat
+   descriptors, no download; ``netvlad``: needs its weights file; or a given
+   pairs file);
+7. matching of the query pairs, localization (``localize_sfm``);
+8. the results file ``Aachen[-v1.1]_hloc_<method>_<retrieval><num_loc>.txt``
+   (``name qw qx qy qz tx ty tz``, world-to-camera, image base names), checked
+   by :func:`~xfeat_hloc.results_file.validate_results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycolmap
+
+from .. import logger
+from ..confs import get_conf
+from ..errors import DatasetLayoutError, EmptyResultError, UserError
+from ..results_file import (
+    InvalidResultsError,
+    read_results,
+    result_name,
+    validate_results,
+    write_results,
+)
+from ..utils.parsers import parse_image_list, parse_retrieval, write_pairs
+
+VERSIONS = ("1.0", "1.1")
+METHODS: dict[str, dict[str, str]] = {
+    "xfeat+mnn": {"features": "xfeat", "matcher": "xfeat+mnn"},
+    "xfeat+lighterglue": {"features": "xfeat", "matcher": "xfeat+lighterglue"},
+    "xfeat_star": {"dense": "xfeat_star"},
+    "loftr_outdoor": {"dense": "loftr_outdoor"},
+}
+RETRIEVALS = ("xfeat-global", "netvlad")
+# Local features for the xfeat-global retrieval when the method has none.
+RETRIEVAL_LOCAL_FEATURES = "xfeat_r1024"
+QUERY_LISTS = "queries/*_time_queries_with_intrinsics.txt"
+DOWNLOAD_PAGE = "https://www.visuallocalization.net/datasets/"
+DATA_URL = (
+    "https://data.ciirc.cvut.cz/public/projects/2020VisualLocalization/"
+    "Aachen-Day-Night/"
+)
+
+
+# ------------------------------------------------------------------ layout
+@dataclass(frozen=True)
+class AachenLayout:
+    """Paths of a checked Aachen dataset folder.
+
+    Attributes:
+        root: the dataset folder.
+        version: "1.0" or "1.1".
+        images: the image folder (``images_upright``); image names are relative
+            to it (``db/1000.jpg``, ``query/night/nexus5x/IMG_x.jpg``).
+        query_lists: the ``*_time_queries_with_intrinsics.txt`` files.
+        model: v1.1: the reference COLMAP model folder.
+        nvm, intrinsics, database: v1.0: the NVM model, the intrinsics list and
+            the COLMAP database ``aachen.db``.
+        queries: query names from the lists, in order.
+    """
+
+    root: Path
+    version: str
+    images: Path
+    query_lists: list[Path]
+    model: Path | None = None
+    nvm: Path | None = None
+    intrinsics: Path | None = None
+    database: Path | None = None
+    queries: list[str] = field(default_factory=list)
+
+    @property
+    def queries_glob(self) -> Path:
+        return self.root / QUERY_LISTS
+
+
+def expected_layout(version: str) -> str:
+    """The folder tree an Aachen dataset must have, as text."""
+    if version == "1.1":
+        model = (
+            "  3D-models/aachen_v_1_1/{cameras,images,points3D}.bin"
+            "   (from aachen_v1_1.zip)\n"
+        )
+    else:
+        model = (
+            "  3D-models/aachen_cvpr2018_db.nvm          (from 3D-models/)\n"
+            "  3D-models/database_intrinsics.txt         (from 3D-models/)\n"
+            "  aachen.db                                 (the SIFT database)\n"
+        )
+    return (
+        "Expected layout:\n"
+        "  images_upright/db/*.jpg, images_upright/query/{day,night}/...  "
+        "(from images/database_and_query_images.zip"
+        + (" + aachen_v1_1.zip" if version == "1.1" else "")
+        + ")\n"
+        + model
+        + "  queries/{day,night}_time_queries_with_intrinsics.txt  (from queries/)\n"
+        f"Download: {DATA_URL} (registration: {DOWNLOAD_PAGE}); see "
+        "datasets/README.md or run datasets/download_aachen.sh."
+    )
+
+
+def _model_files(path: Path) -> bool:
+    return any(
+        all((path / f"{n}{ext}").is_file() for n in ("cameras", "images"))
+        for ext in (".bin", ".txt")
+    )
+
+
+def model_image_names(model: Path) -> list[str]:
+    """Image names of a COLMAP model, read from ``images.bin``/``images.txt``
+    alone (fast: the 2D points are skipped, ``points3D`` is not read)."""
+    binary = model / "images.bin"
+    if binary.is_file():
+        names = []
+        with open(binary, "rb") as f:
+            (num_images,) = struct.unpack("<Q", f.read(8))
+            for _ in range(num_images):
+                f.seek(4 + 7 * 8 + 4, 1)  # image_id, qvec, tvec, camera_id
+                name = bytearray()
+                while (char := f.read(1)) not in (b"\x00", b""):
+                    name += char
+                names.append(name.decode("utf-8"))
+                (num_points,) = struct.unpack("<Q", f.read(8))
+                f.seek(num_points * 24, 1)  # x, y (double), point3D_id (int64)
+        return names
+    names = []
+    lines = (model / "images.txt").read_text(encoding="utf-8").splitlines()
+    data = [line for line in lines if line.strip() and not line.startswith("#")]
+    for line in data[0::2]:  # pose line, then the points2D line
+        names.append(line.split()[-1])
+    return names
+
+
+def nvm_image_names(nvm: Path) -> list[str]:
+    """Image names of an NVM model (only its camera section is read)."""
+    with open(nvm, encoding="utf-8") as f:
+        lines = (parts for parts in (line.split() for line in f) if parts)
+        header = next(lines)
+        if not header[0].startswith("NVM_V3"):
+            raise ValueError("the file does not start with NVM_V3")
+        count = int(next(lines)[0])
+        return [next(lines)[0].strip('"') for _ in range(count)]
+
+
+def _find_images(root: Path) -> Path | None:
+    for candidate in (root / "images_upright", root / "images" / "images_upright"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def check_layout(dataset: Path, version: str = "1.1") -> AachenLayout:
+    """Check an Aachen dataset folder and return its paths.
+
+    Everything that is missing is collected first and reported in ONE
+    :class:`DatasetLayoutError` (with the expected tree and where each part comes
+    from): folders and files, query lists, query images named by the lists,
+    reference model images missing from the image folder.
+    """
+    if version not in VERSIONS:
+        raise UserError(f"Unknown Aachen version {version!r}; use 1.0 or 1.1.")
+    root = Path(dataset)
+    problems: list[str] = []
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"Aachen v{version} dataset folder {root} does not exist.\n"
+            + expected_layout(version)
+        )
+    images = _find_images(root)
+    if images is None:
+        problems.append(
+            "missing images_upright/ (unzip images/database_and_query_images.zip "
+            "into the dataset folder)"
+        )
+    else:
+        for sub in ("db", "query"):
+            if not (images / sub).is_dir():
+                problems.append(f"missing {images.relative_to(root)}/{sub}/")
+    model = nvm = intrinsics = database = None
+    if version == "1.1":
+        model = root / "3D-models" / "aachen_v_1_1"
+        if not _model_files(model):
+            problems.append(
+                "missing the COLMAP model 3D-models/aachen_v_1_1/ with cameras and "
+                "images (.bin or .txt) (unzip aachen_v1_1.zip into the dataset "
+                "folder)"
+            )
+    else:
+        nvm = root / "3D-models" / "aachen_cvpr2018_db.nvm"
+        intrinsics = root / "3D-models" / "database_intrinsics.txt"
+        candidates = [root / "aachen.db", root / "3D-models" / "aachen.db"]
+        database = next((p for p in candidates if p.is_file()), candidates[0])
+        for path in (nvm, intrinsics, database):
+            if not path.is_file():
+                problems.append(f"missing {path.relative_to(root)}")
+    query_lists = sorted((root / "queries").glob(Path(QUERY_LISTS).name))
+    if not query_lists:
+        problems.append(
+            "missing the query lists queries/*_time_queries_with_intrinsics.txt "
+            "(from queries/ on the download page)"
+        )
+
+    # The contents, wherever the structure allows checking them.
+    queries: list[str] = []
+    if images is not None:
+        for path in query_lists:
+            try:
+                entries = parse_image_list(path, with_intrinsics=True)
+            except UserError as error:
+                problems.append(f"unreadable query list: {error}")
+                continue
+            queries += [name for name, _ in entries]
+        missing_q = [q for q in queries if not (images / q).is_file()]
+        if missing_q:
+            problems.append(
+                f"{len(missing_q)} query images of the query lists are missing "
+                f"from {images}: {_examples(missing_q)}"
+            )
+        source = model if version == "1.1" else nvm
+        readable = _model_files(model) if version == "1.1" else nvm.is_file()
+        if readable:
+            try:
+                if version == "1.1":
+                    names = model_image_names(model)
+                else:
+                    names = nvm_image_names(nvm)
+            except (OSError, ValueError, StopIteration, struct.error) as error:
+                problems.append(f"unreadable reference model {source} ({error})")
+                names = None
+            if names == []:
+                problems.append(f"the reference model {source} has no images")
+            missing_db = [n for n in names or [] if not (images / n).is_file()]
+            if missing_db:
+                problems.append(
+                    f"{len(missing_db)} of the {len(names)} images of the reference "
+                    f"model are missing from {images}: {_examples(missing_db)}"
+                    + (
+                        " (the v1.1 database images come from aachen_v1_1.zip)"
+                        if version == "1.1"
+                        else ""
+                    )
+                )
+    if problems:
+        raise DatasetLayoutError(
+            f"{root} is not a complete Aachen v{version} dataset:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\n"
+            + expected_layout(version)
+        )
+    assert images is not None
+    return AachenLayout(
+        root, version, images, query_lists, model, nvm, intrinsics, database, queries
+    )
+
+
+# ----------------------------------------------------------------- naming
+def results_filename(version: str, method: str, retrieval_tag: str) -> str:
+    """hloc-style results name, e.g. ``Aachen-v1.1_hloc_xfeat+mnn_netvlad50.txt``."""
+    dataset = "Aachen-v1.1" if version == "1.1" else "Aachen"
+    return f"{dataset}_hloc_{method}_{retrieval_tag}.txt"
+
+
+def retrieval_tag(
+    retrieval: str, num_loc: int, retrieval_pairs: Path | None = None
+) -> str:
+    """``netvlad50``, ``xfeat-global50``, or from a pairs file's name
+    (``pairs-query-netvlad50.txt`` -> ``netvlad50``)."""
+    if retrieval_pairs is not None:
+        return Path(retrieval_pairs).stem.removeprefix("pairs-query-")
+    return f"{retrieval}{num_loc}"
+
+
+# ------------------------------------------------------------------- steps
+@dataclass
+class AachenResult:
+    """What a pipeline run produced.
+
+    Attributes:
+        results: the results file (validated).
+        num_queries: queries in the query lists.
+        num_localized: queries with a pose from PnP.
+        failed: queries without one (in the file with the pose of their top
+            retrieved image, unless ``on_failure="skip"``).
+        reference_sfm: the triangulated model.
+        seconds: wall time per step.
+    """
+
+    results: Path
+    num_queries: int
+    num_localized: int
+    failed: list[str]
+    reference_sfm: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, step: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        logger.info("Aachen step: %s", step)
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+        return out
+
+
+def _atomic_pairs(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Run ``write(tmp)`` and move the file into place (skip if it exists)."""
+    if path.is_file():
+        logger.info("Pairs file %s exists, skipping.", path)
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+    return path
+
+
+def database_pairs(
+    reference: pycolmap.Reconstruction, model_path: Path, output: Path, num: int
+) -> Path:
+    """Covisibility pairs of the reference model; from camera poses when the
+    model has no 3D points (the log says so)."""
+    from .. import pairs_from_covisibility, pairs_from_poses
+
+    def write(tmp: Path) -> None:
+        if reference.num_points3D() > 0:
+            pairs_from_covisibility.main(model_path, tmp, num_matched=num)
+            if tmp.is_file() and tmp.read_text().strip():
+                return
+            logger.warning(
+                "The covisibility of the reference model gave no pairs: using "
+                "pairs from the camera poses instead."
+            )
+        else:
+            logger.warning(
+                "The reference model %s has no 3D points: database pairs come from "
+                "the camera poses (%d nearest centres with similar viewing "
+                "directions per image) instead of covisibility.",
+                model_path,
+                num,
+            )
+        try:
+            pairs_from_poses.main(reference, tmp, num_matched=num)
+        except EmptyResultError:
+            names = sorted(im.name for im in reference.images.values())
+            logger.warning(
+                "No pairs from the camera poses either: using exhaustive pairs "
+                "of the %d database images.",
+                len(names),
+            )
+            write_pairs(
+                tmp,
+                [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]],
+            )
+
+    return _atomic_pairs(output, write)
+
+
+def check_pairs_file(
+    path: Path, queries: list[str], db_names: set[str]
+) -> dict[str, list[str]]:
+    """Check a given retrieval pairs file against the queries and the database."""
+    retrieval = parse_retrieval(path)
+    unknown_q = sorted(set(retrieval) - set(queries))
+    unknown_db = sorted({r for rs in retrieval.values() for r in rs} - db_names)
+    if unknown_q or unknown_db:
+        raise DatasetLayoutError(
+            f"The retrieval pairs file {path} does not fit this dataset: "
+            + (
+                f"{len(unknown_q)} unknown queries ({_examples(unknown_q)}) "
+                if unknown_q
+                else ""
+            )
+            + (
+                f"{len(unknown_db)} images not in the reference model "
+                f"({_examples(unknown_db)}) "
+                if unknown_db
+                else ""
+            )
+            + "(lines must be 'query_name db_name' with names relative to "
+            "images_upright, from the same dataset version)."
+        )
+    without = [q for q in queries if q not in retrieval]
+    if without:
+        logger.warning(
+            "%d queries have no pairs in %s (they cannot be localized): %s",
+            len(without),
+            path,
+            _examples(without),
+        )
+    return retrieval
+
+
+def run(
+    dataset: Path,
+    outputs: Path,
+    version: str = "1.1",
+    method: str = "xfeat+mnn",
+    num_covis: int = 20,
+    num_loc: int = 50,
+    retrieval: str = "xfeat-global",
+    retrieval_pairs: Path | None = None,
+    device: str | None = None,
+    resize_max: int | None = None,
+    max_keypoints: int | None = None,
+    model_options: dict[str, Any] | None = None,
+    on_failure: str = "retrieval-pose",
+    overwrite: bool = False,
+) -> AachenResult:
+    """Run the Aachen v1.0/v1.1 localization pipeline (see the module doc).
+
+    Args:
+        dataset: the dataset folder (see :func:`expected_layout`).
+        outputs: where every artefact goes.
+        version: "1.0" or "1.1".
+        method: a key of :data:`METHODS`.
+        num_covis: database pairs per image for the triangulation.
+        num_loc: retrieved database images per query.
+        retrieval: "xfeat-global" (offline) or "netvlad" (weights file needed).
+        retrieval_pairs: a pairs file ``query db`` to use instead of retrieval.
+        device: torch device (default: cuda if available, else cpu).
+        resize_max: override the method conf's ``preprocessing.resize_max``.
+        max_keypoints: override the sparse extractor's ``max_keypoints`` (dense:
+            the aggregated keypoints per database image).
+        model_options: entries merged into the method's (matcher's) ``model``
+            conf, e.g. ``{"weights": "random"}`` or ``{"weights_path": ...}``.
+        on_failure: "retrieval-pose" gives a query that PnP could not localize the
+            pose of its top retrieved database image (logged, so that the file
+            is complete); "skip" leaves it out of the results file.
+        overwrite: redo every step.
+
+    Returns:
+        An :class:`AachenResult`.
+    """
+    if method not in METHODS:
+        raise UserError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
+    if retrieval_pairs is None and retrieval not in RETRIEVALS:
+        raise UserError(
+            f"Unknown retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}."
+        )
+    if on_failure not in ("retrieval-pose", "skip"):
+        raise UserError("on_failure must be 'retrieval-pose' or 'skip'.")
+    layout = check_layout(dataset, version)  # before any work
+    if retrieval_pairs is not None and not Path(retrieval_pairs).is_file():
+        raise UserError(f"Retrieval pairs file not found: {retrieval_pairs}.")
+    outputs = Path(outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    spec = METHODS[method]
+    images = layout.images
+
+    # Reference SIFT model.
+    if version == "1.0":
+        from .. import colmap_from_nvm
+
+        sift_sfm = timer.run(
+            "NVM to COLMAP",
+            colmap_from_nvm.main,
+            layout.nvm,
+            layout.intrinsics,
+            layout.database,
+            outputs / "sfm_sift",
+            overwrite=overwrite,
+        )
+    else:
+        sift_sfm = layout.model
+    reference = pycolmap.Reconstruction(str(sift_sfm))
+    db_names = sorted(reference.images[i].name for i in reference.reg_image_ids())
+    logger.info(
+        "Reference model: %d database images, %d 3D points; %d queries.",
+        len(db_names),
+        reference.num_points3D(),
+        len(layout.queries),
+    )
+    if overwrite:
+        for stale in outputs.glob("pairs-*.txt"):
+            stale.unlink()
+    sfm_pairs = timer.run(
+        "database pairs",
+        database_pairs,
+        reference,
+        sift_sfm,
+        outputs / f"pairs-db-covis{num_covis}.txt",
+        num_covis,
+    )
+    del reference
+
+    # Local features and database matches.
+    needed = db_names + layout.queries
+    features_conf = matcher_conf = dense_conf = None
+    if "dense" in spec:
+        from .. import match_dense
+
+        dense_conf = get_conf(spec["dense"], "dense matcher")
+        if resize_max is not None:
+            dense_conf["preprocessing"]["resize_max"] = resize_max
+        dense_conf["model"].update(model_options or {})
+        features, sfm_matches = timer.run(
+            "dense matching (database)",
+            match_dense.main,
+            dense_conf,
+            sfm_pairs,
+            images,
+            outputs,
+            max_kps=max_keypoints or 8192,
+            overwrite=overwrite,
+            device=device,
+        )
+    else:
+        from .. import extract_features, match_features
+
+        features_conf = get_conf(spec["features"], "extractor")
+        if resize_max is not None:
+            features_conf["preprocessing"]["resize_max"] = resize_max
+        if max_keypoints is not None:
+            features_conf["model"]["max_keypoints"] = max_keypoints
+        matcher_conf = get_conf(spec["matcher"], "matcher")
+        matcher_conf["model"].update(model_options or {})
+        features = timer.run(
+            "local features",
+            extract_features.main,
+            features_conf,
+            images,
+            outputs,
+            image_list=needed,
+            overwrite=overwrite,
+            device=device,
+        )
+        sfm_matches = timer.run(
+            "matching (database)",
+            match_features.main,
+            matcher_conf,
+            sfm_pairs,
+            features_conf["output"],
+            outputs,
+            overwrite=overwrite,
+            device=device,
+        )
+
+    # Triangulation with the reference poses.
+    reference_sfm = outputs / f"sfm_{method}"
+    done_marker = reference_sfm / "TRIANGULATED"
+    if overwrite or not done_marker.is_file():
+        from .. import triangulation
+
+        if reference_sfm.exists():
+            shutil.rmtree(reference_sfm)
+        rec = timer.run(
+            "triangulation",
+            triangulation.main,
+            reference_sfm,
+            sift_sfm,
+            images,
+            sfm_pairs,
+            features,
+            sfm_matches,
+        )
+        done_marker.write_text(f"{rec.num_points3D()} points\n")
+    else:
+        logger.info("Triangulated model %s exists, skipping.", reference_sfm)
+
+    # Retrieval pairs for the queries.
+    tag = retrieval_tag(retrieval, num_loc, retrieval_pairs)
+    if retrieval_pairs is not None:
+        loc_pairs = Path(retrieval_pairs)
+        check_pairs_file(loc_pairs, layout.queries, set(db_names))
+    else:
+        loc_pairs = outputs / f"pairs-query-{tag}.txt"
+        timer.run(
+            f"retrieval ({retrieval})",
+            _atomic_pairs,
+            loc_pairs,
+            lambda tmp: _retrieve(
+                retrieval,
+                tmp,
+                num_loc,
+                layout,
+                outputs,
+                db_names,
+                features if features_conf is not None else None,
+                overwrite,
+                device,
+            ),
+        )
+
+    # Query matches and localization.
+    if dense_conf is not None:
+        from .. import match_dense
+
+        loc_matches = outputs / f"{dense_conf['output']}_{loc_pairs.stem}.h5"
+        features, loc_matches = timer.run(
+            "dense matching (queries)",
+            match_dense.main,
+            dense_conf,
+            loc_pairs,
+            images,
+            outputs,
+            matches=loc_matches,
+            features=features,
+            max_kps=None,
+            overwrite=overwrite,
+            device=device,
+        )
+    else:
+        from .. import match_features
+
+        assert features_conf is not None and matcher_conf is not None
+        loc_matches = timer.run(
+            "matching (queries)",
+            match_features.main,
+            matcher_conf,
+            loc_pairs,
+            features_conf["output"],
+            outputs,
+            overwrite=overwrite,
+            device=device,
+        )
+
+    results = outputs / results_filename(version, method, tag)
+    failed, num_localized = timer.run(
+        "localization",
+        _localize,
+        layout,
+        reference_sfm,
+        loc_pairs,
+        features,
+        loc_matches,
+        results,
+        on_failure,
+        overwrite,
+    )
+    report = validate_results(results, layout.queries)
+    if on_failure == "skip":
+        report.missing = [m for m in report.missing if m not in failed]
+    if not report.ok:
+        raise InvalidResultsError(report.summary())
+    logger.info(report.summary())
+    logger.info(
+        "Aachen v%s, %s: %d / %d queries localized by PnP%s. Results: %s",
+        version,
+        method,
+        num_localized,
+        len(layout.queries),
+        f" ({len(failed)} failed: {_examples(failed)})" if failed else "",
+        results,
+    )
+    logger.info(
+        "Time per step: %s",
+        ", ".join(f"{k} {v:.1f} s" for k, v in timer.seconds.items()),
+    )
+    return AachenResult(
+        results,
+        len(layout.queries),
+        num_localized,
+        failed,
+        reference_sfm,
+        timer.seconds,
+    )
+
+
+def _retrieve(
+    retrieval: str,
+    output: Path,
+    num_loc: int,
+    layout: AachenLayout,
+    outputs: Path,
+    db_names: list[str],
+    local_features: Path | None,
+    overwrite: bool,
+    device: str | None,
+) -> None:
+    from .. import extract_features, pairs_from_retrieval, vlad_from_features
+
+    needed = db_names + layout.queries
+    if retrieval == "netvlad":
+        conf = get_conf("netvlad", "extractor")
+        global_features = extract_features.main(
+            conf,
+            layout.images,
+            outputs,
+            image_list=needed,
+            overwrite=overwrite,
+            device=device,
+        )
+    else:
+        if local_features is None:
+            conf = get_conf(RETRIEVAL_LOCAL_FEATURES, "extractor")
+            local_features = extract_features.main(
+                conf,
+                layout.images,
+                outputs,
+                image_list=needed,
+                overwrite=overwrite,
+                device=device,
+            )
+        global_features = vlad_from_features.main(
+            local_features,
+            outputs / f"global-feats-vlad-{Path(local_features).stem}.h5",
+            codebook_names=db_names,
+            image_names=needed,
+            overwrite=overwrite,
+            device=device,
+        )
+    pairs_from_retrieval.main(
+        global_features,
+        output,
+        num_loc,
+        query_list=layout.queries,
+        db_list=db_names,
+        device=device,
+    )
+
+
+def _localize(
+    layout: AachenLayout,
+    reference_sfm: Path,
+    loc_pairs: Path,
+    features: Path,
+    loc_matches: Path,
+    results: Path,
+    on_failure: str,
+    overwrite: bool,
+) -> tuple[list[str], int]:
+    """Localize the queries into ``results``; returns the failed queries and the
+    number localized. Skipped when ``results`` is already complete."""
+    from .. import localize_sfm
+
+    state = results.with_name(results.name + ".failed.txt")
+    if not overwrite and results.is_file() and state.is_file():
+        failed = [n for n in state.read_text().splitlines() if n]
+        report = validate_results(results, layout.queries)
+        if on_failure == "skip":
+            report.missing = [m for m in report.missing if m not in failed]
+        if report.ok:
+            logger.info("Results %s exist and are complete, skipping.", results)
+            return failed, len(layout.queries) - len(failed)
+    raw = results.with_name(results.name + ".localized.txt")
+    localize_sfm.main(
+        reference_sfm,
+        layout.queries_glob,
+        loc_pairs,
+        features,
+        loc_matches,
+        raw,
+        covisibility_clustering=False,
+    )
+    localized = read_results(raw)  # base names -> poses
+    by_name = {result_name(q): q for q in layout.queries}
+    poses = {by_name[n]: p for n, p in localized.items() if n in by_name}
+    failed = [q for q in layout.queries if q not in poses]
+    if failed and on_failure == "retrieval-pose":
+        rec = pycolmap.Reconstruction(str(reference_sfm))
+        name_to_image = {im.name: im for im in rec.images.values()}
+        retrieved = parse_retrieval(loc_pairs)
+        for query in failed:
+            top = next(
+                (n for n in retrieved.get(query, []) if n in name_to_image), None
+            )
+            if top is None:  # nothing retrieved at all: any database pose
+                top = next(iter(sorted(name_to_image)))
+            poses[query] = name_to_image[top].cam_from_world()
+        logger.warning(
+            "%d queries were not localized by PnP and get the pose of their top "
+            "retrieved database image in %s: %s",
+            len(failed),
+            results.name,
+            _examples(failed),
+        )
+    ordered = {q: poses[q] for q in layout.queries if q in poses}
+    write_results(ordered, results)
+    state.write_text("".join(f"{q}\n" for q in failed))
+    return failed, len(layout.queries) - len(failed)
+
+
+# --------------------------------------------------------------------- CLI
+def add_arguments_aachen(parser: argparse.ArgumentParser) -> None:
+    """Options of ``xfeat-hloc aachen``."""
+    parser.add_argument("--dataset", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--outputs", type=Path, required=True, help="output folder")
+    parser.add_argument("--version", choices=VERSIONS, default="1.1")
+    parser.add_argument("--method", choices=list(METHODS), default="xfeat+mnn")
+    parser.add_argument("--num-covis", type=int, default=20)
+    parser.add_argument("--num-loc", type=int, default=50)
+    parser.add_argument(
+        "--retrieval",
+        choices=RETRIEVALS,
+        default="xfeat-global",
+        help="xfeat-global: VLAD of XFeat features (offline); netvlad: needs "
+        "$TORCH_HOME/hub/netvlad/VGG16-NetVLAD-Pitts30K.mat",
+    )
+    parser.add_argument(
+        "--retrieval-pairs",
+        type=Path,
+        help="use this 'query db' pairs file (e.g. hloc's pairs-query-netvlad50.txt)",
+    )
+    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    parser.add_argument("--resize-max", type=int, help="override the conf's resize_max")
+    parser.add_argument(
+        "--max-keypoints", type=int, help="keypoints per image (sparse) / kept (dense)"
+    )
+    parser.add_argument(
+        "--weights", type=Path, help="explicit weights file of the matcher model"
+    )
+    parser.add_argument(
+        "--on-failure",
+        choices=("retrieval-pose", "skip"),
+        default="retrieval-pose",
+        help="pose given to queries PnP cannot localize (default: the pose of the "
+        "top retrieved image, logged, so the file is complete)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo every step")
+
+
+def run_cli_aachen(args: argparse.Namespace) -> int:
+    """Run ``xfeat-hloc aachen``."""
+    options = {"weights_path": str(args.weights)} if args.weights else None
+    result = run(
+        args.dataset,
+        args.outputs,
+        version=args.version,
+        method=args.method,
+        num_covis=args.num_covis,
+        num_loc=args.num_loc,
+        retrieval=args.retrieval,
+        retrieval_pairs=args.retrieval_pairs,
+        device=args.device,
+        resize_max=args.resize_max,
+        max_keypoints=args.max_keypoints,
+        model_options=options,
+        on_failure=args.on_failure,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{result.num_localized} / {result.num_queries} queries localized; "
+        f"results: {result.results}"
+    )
+    return 0
+
+
+def add_arguments_validate_results(parser: argparse.ArgumentParser) -> None:
+    """Options of ``xfeat-hloc validate-results``."""
+    parser.add_argument("results", type=Path, help="the results file")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--dataset", type=Path, help="Aachen folder: queries from its query lists"
+    )
+    group.add_argument(
+        "--queries",
+        type=Path,
+        help="query list(s) with intrinsics (a glob is allowed)",
+    )
+    parser.add_argument(
+        "--prepend-camera-name",
+        action="store_true",
+        help="names are camera/basename instead of basename",
+    )
+
+
+def run_cli_validate_results(args: argparse.Namespace) -> int:
+    """Run ``xfeat-hloc validate-results``: prints the report, exit 1 if invalid."""
+    from ..utils.parsers import parse_image_lists
+
+    pattern = args.queries if args.dataset is None else args.dataset / QUERY_LISTS
+    entries = parse_image_lists(pattern, with_intrinsics=True)
+    queries = [name for name, _ in entries]
+    report = validate_results(args.results, queries, args.prepend_camera_name)
+    print(report.summary(max_items=10))
+    return 0 if report.ok else 1
