@@ -39,3 +39,14 @@ def fountain_dir() -> Path:
 def kornia_data_dir() -> Path:
     """kornia's test pairs (LoFTR reference matches, knchurch)."""
     return _data_dir("kornia")
+
+
+@pytest.fixture(scope="session")
+def mini_aachen(fountain_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A miniature Aachen v1.1 built from fountain-P11 once per session (8 database
+    images with a SIFT reference model, 2 day + 1 night queries with ground truth;
+    see ``xfeat_hloc/evaluation/mini_aachen.py``). Read-only for tests."""
+    from xfeat_hloc.evaluation.mini_aachen import build_mini_aachen
+
+    root = tmp_path_factory.mktemp("mini_aachen") / "aachen_v1.1"
+    return build_mini_aachen(fountain_dir, root)
