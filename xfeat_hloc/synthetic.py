@@ -110,7 +110,7 @@ def make_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarra
 
     Layers: a base colour modulated by multi-scale colour noise; translucent
     blobs (ellipses); polygons and rectangles; straight and curved lines; text
-    strings of random letters and digits; small dots. Sizes span a few
+    strings of random letters and digits; small dots; a fine grain. Sizes span a few
     millimetres to tens of centimetres (``TEXEL`` = 5 mm per texel).
     """
     area = height * width * TEXEL**2  # square metres
@@ -216,7 +216,14 @@ def make_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarra
             -1,
             cv2.LINE_AA,
         )
-    return canvas.astype(np.float32)
+    # Fine grain over everything, so that no area (not even a filled shape) is
+    # flat at the scale of a few texels.
+    out = canvas.astype(np.float32)
+    for c in range(3):
+        out[:, :, c] += 7 * _noise(rng, height, width, 4) + 5 * _noise(
+            rng, height, width, 2
+        )
+    return np.clip(out, 0, 255)
 
 
 def _sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
