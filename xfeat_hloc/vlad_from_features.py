@@ -5,7 +5,9 @@ A codebook of ``num_clusters`` centres is learned by spherical k-means on local
 descriptors sampled from the database images. Each image's descriptor is the
 VLAD of its local descriptors (Jegou et al. 2010; Arandjelovic and Zisserman
 2013): residuals to the nearest centre summed per centre, each centre's block
-L2-normalised (intra-normalisation), signed square root, L2 normalisation. With
+L2-normalised (intra-normalisation), signed square root, L2 normalisation. The
+residuals of the unit descriptors are taken in the tangent plane of their
+centre (``x - (x.c) c``): their radial part is common to all images. With
 XFeat's 64-d descriptors and 64 centres it has 4,096 dimensions.
 
 Output: an h5 file in hloc's global-features format (one group per image with a
@@ -105,7 +107,10 @@ def vlad(descriptors: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """VLAD ``(K * D,)`` of local descriptors ``(N, D)`` with centres ``(K, D)``."""
     descriptors = torch.nn.functional.normalize(descriptors, dim=1)
     assign = _nearest(descriptors, centers)
-    residuals = descriptors - centers[assign]
+    nearest = centers[assign]
+    # Residuals in the tangent plane of each centre: the radial part, 1 - x.c,
+    # is the same in expectation for every image and would dominate similarities.
+    residuals = descriptors - (descriptors * nearest).sum(1, keepdim=True) * nearest
     out = torch.zeros_like(centers).index_add_(0, assign, residuals)
     out = torch.nn.functional.normalize(out, dim=1)  # intra-normalisation
     out = out.flatten()

@@ -102,12 +102,20 @@ def load_netvlad_mat(path: Path, whiten: bool = True) -> dict[str, Any]:
     None) and ``mean`` (3,) RGB in 0-255.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = loadmat(str(path), struct_as_record=False, squeeze_me=True)
         net = mat["net"]
         layers = list(np.atleast_1d(net.layers))
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        MatReadError,
+    ) as error:
         raise WeightsNotFoundError(
             f"{path} is not a NetVLAD MATLAB weights file ({error}). Download it "
             "again (see the message without weights_path)."
