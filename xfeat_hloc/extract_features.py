@@ -331,7 +331,7 @@ def extract(
     feature_path = Path(feature_path)
     summary = ExtractionSummary(path=feature_path)
 
-    with H5Writer(feature_path, overwrite, flush_every=32, flush_seconds=5) as writer:
+    with H5Writer(feature_path, overwrite, flush_every=32, flush_seconds=3) as writer:
         todo = [n for n in dataset.names if n not in writer.done]
         summary.already_done = len(dataset.names) - len(todo)
         dataset.names = todo
