@@ -124,9 +124,11 @@ class LighterGlue(BaseModel):
                 "image_size": self._image_size(data, i),
             }
         out = self.net(images)
-        return {
-            "matches0": out["matches0"],
-            "matching_scores0": out["matching_scores0"].float(),
-            "matches1": out["matches1"],
-            "matching_scores1": out["matching_scores1"].float(),
-        }
+        result = {}
+        for i in (0, 1):
+            matches = out[f"matches{i}"]
+            # kornia keeps the probability of mutual matches below the threshold
+            scores = torch.where(matches > -1, out[f"matching_scores{i}"].float(), 0)
+            result[f"matches{i}"] = matches
+            result[f"matching_scores{i}"] = scores
+        return result
