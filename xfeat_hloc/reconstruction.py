@@ -1,0 +1,551 @@
+"""Structure-from-motion from hloc's files with pycolmap (>= 3.13, 4.x tested).
+
+``main`` builds a COLMAP database (cameras and images, keypoints + 0.5,
+matches), verifies the matches geometrically, runs the incremental (or global)
+mapper and writes the largest model to ``sfm_dir`` (``cameras``, ``images``,
+``points3D`` and, with COLMAP 4, ``frames`` and ``rigs`` ``.bin`` files).
+Nothing registering is an :class:`~xfeat_hloc.errors.EmptyResultError`, never a
+silent ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from . import logger
+from .errors import EmptyResultError, UserError
+from .utils import database as dbutil
+from .utils.io import list_h5_names
+
+Intrinsics = pycolmap.Camera | Mapping[str, Any] | np.ndarray
+
+#: Camera mode of :func:`import_images`: one camera per image size and EXIF camera.
+GROUPED = "GROUPED"
+
+#: Geometric verification used unless ``verification_options`` says otherwise.
+#: COLMAP's defaults (10000 RANSAC trials at most, 4 px): measured on the Strecha
+#: scenes, hloc's 20000 trials doubled the time without changing the errors.
+DEFAULT_VERIFICATION: dict[str, Any] = {}
+
+
+def make_options(cls: type, options: Any, what: str) -> Any:
+    """A pycolmap options object from ``None``, a dict (nested allowed) or itself.
+
+    Raises:
+        UserError: an unknown option name or a value of the wrong type.
+    """
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    try:
+        return cls(dict(options))
+    except (AttributeError, TypeError, ValueError) as error:
+        known = ", ".join(sorted(cls().todict()))
+        raise UserError(
+            f"Invalid {what} {dict(options)}: {error}. Known: {known}."
+        ) from None
+
+
+# ------------------------------------------------------------------ cameras
+def _as_camera(value: Intrinsics, width: int, height: int) -> pycolmap.Camera:
+    """A pycolmap camera of size ``width`` x ``height`` from a camera, a dict
+    (``model``, ``params``, optional ``width``/``height``) or a 3x3 K whose
+    principal point uses pixel centres at integer coordinates (0.5 is added)."""
+    if isinstance(value, pycolmap.Camera):
+        camera = pycolmap.Camera(value.todict())
+    elif isinstance(value, Mapping):
+        camera = pycolmap.Camera(
+            model=value["model"],
+            width=int(value.get("width", width)),
+            height=int(value.get("height", height)),
+            params=np.asarray(value["params"], float),
+        )
+    else:
+        K = np.asarray(value, float)
+        if K.shape != (3, 3):
+            raise UserError(f"Intrinsics must be a 3x3 K, a dict or a camera: {K}.")
+        camera = pycolmap.Camera(
+            model="PINHOLE",
+            width=width,
+            height=height,
+            params=[K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5],
+        )
+    if (camera.width, camera.height) != (width, height):
+        if camera.width <= 0 or camera.height <= 0:
+            camera.width, camera.height = width, height
+        else:
+            raise UserError(
+                f"Intrinsics for a {camera.width}x{camera.height} image given for "
+                f"an image of {width}x{height} pixels."
+            )
+    camera.has_prior_focal_length = True
+    return camera
+
+
+def group_by_camera(
+    image_dir: Path, image_list: list[str], options: pycolmap.ImageReaderOptions
+) -> list[list[str]]:
+    """Images grouped by the camera COLMAP infers for them: same size, same
+    camera model and same focal length guess (from EXIF when present)."""
+    groups: dict[tuple, list[str]] = {}
+    for name in image_list:
+        try:
+            camera = pycolmap.infer_camera_from_image(str(image_dir / name), options)
+        except Exception as error:  # noqa: BLE001 - pycolmap raises plain errors
+            raise UserError(f"Cannot read image {image_dir / name}: {error}") from None
+        key = (
+            camera.width,
+            camera.height,
+            camera.model.name,
+            tuple(np.round(camera.params, 6)),
+            camera.has_prior_focal_length,
+        )
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def import_images(
+    image_dir: Path,
+    database: Path,
+    camera_mode: pycolmap.CameraMode | str,
+    image_list: list[str],
+    options: dict[str, Any] | None = None,
+    intrinsics: Intrinsics | Mapping[str, Intrinsics] | None = None,
+) -> dict[str, int]:
+    """Import ``image_list`` (names relative to ``image_dir``) into the database.
+
+    ``camera_mode`` is a ``pycolmap.CameraMode`` or ``"GROUPED"``: one camera
+    per group of :func:`group_by_camera` (e.g. one camera for a set of photos of
+    one size without EXIF, where COLMAP's AUTO makes one camera per image).
+    ``intrinsics`` is one camera for all images (a ``pycolmap.Camera``, a dict or
+    a 3x3 K) or ``{name: camera}``; it replaces the guessed cameras.
+    """
+    missing = [n for n in image_list if not (image_dir / n).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} images are missing from {image_dir} (e.g. "
+            f"{missing[0]!r}): the features were extracted from another folder?"
+        )
+    per_image = isinstance(intrinsics, Mapping) and not (
+        {"model", "params"} <= set(intrinsics)
+    )
+    if intrinsics is not None:
+        camera_mode = (
+            pycolmap.CameraMode.PER_IMAGE if per_image else pycolmap.CameraMode.SINGLE
+        )
+    reader_options = make_options(pycolmap.ImageReaderOptions, options, "image options")
+    if camera_mode == GROUPED:
+        groups = group_by_camera(image_dir, image_list, reader_options)
+        logger.info(
+            "%d camera(s) for %d images (grouped by size and EXIF).",
+            len(groups),
+            len(image_list),
+        )
+        batches = [(pycolmap.CameraMode.SINGLE, group) for group in groups]
+    else:
+        batches = [(camera_mode, list(image_list))]
+    with pycolmap.ostream():
+        for mode, names in batches:
+            pycolmap.import_images(
+                str(database),
+                str(image_dir),
+                mode,
+                image_names=names,
+                options=reader_options,
+            )
+    ids = dbutil.image_ids(database)
+    if intrinsics is not None:
+        with dbutil.open_database(database) as db:
+            done: set[int] = set()
+            for image in db.read_all_images():
+                if image.camera_id in done:
+                    continue
+                value = intrinsics[image.name] if per_image else intrinsics
+                guess = db.read_camera(image.camera_id)
+                camera = _as_camera(value, guess.width, guess.height)
+                camera.camera_id = image.camera_id
+                db.update_camera(camera)
+                done.add(image.camera_id)
+    return ids
+
+
+# ----------------------------------------------------------------- verification
+def geometric_verification(
+    database: Path,
+    pairs_path: Path,
+    options: dict[str, Any] | pycolmap.TwoViewGeometryOptions | None = None,
+    verbose: bool = False,
+) -> None:
+    """Estimate E/F/H per pair with RANSAC (COLMAP) and store the inlier matches."""
+    options = make_options(
+        pycolmap.TwoViewGeometryOptions,
+        options if options is not None else DEFAULT_VERIFICATION,
+        "verification options",
+    )
+    with dbutil.colmap_output(verbose):
+        pycolmap.verify_matches(str(database), str(pairs_path), options=options)
+
+
+# ------------------------------------------------------------------ mapping
+def _run_mapper(
+    mapper: str,
+    database: Path,
+    image_dir: Path,
+    models_path: Path,
+    options: Any,
+    num_images: int,
+    verbose: bool,
+) -> dict[int, pycolmap.Reconstruction]:
+    models_path.mkdir(parents=True, exist_ok=True)
+    with dbutil.colmap_output(verbose):
+        if mapper == "global":
+            options = make_options(
+                pycolmap.GlobalPipelineOptions, options, "global mapper options"
+            )
+            return pycolmap.global_mapping(
+                str(database), str(image_dir), str(models_path), options=options
+            )
+        options = make_options(
+            pycolmap.IncrementalPipelineOptions, options, "mapper options"
+        )
+        bars: list[tqdm] = []
+
+        def new_model() -> None:
+            if bars:
+                bars[-1].close()
+            bars.append(tqdm(total=num_images, desc=f"model {len(bars)}", unit="image"))
+            bars[-1].update(2)
+
+        def next_image() -> None:
+            if bars:
+                bars[-1].update(1)
+
+        try:
+            return pycolmap.incremental_mapping(
+                str(database),
+                str(image_dir),
+                str(models_path),
+                options=options,
+                initial_image_pair_callback=new_model,
+                next_image_callback=next_image,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
+
+
+def mapper_defaults(
+    intrinsics_given: bool,
+    refine_intrinsics: bool,
+    refine_principal_point: bool,
+    mapper: str = "incremental",
+) -> dict[str, Any]:
+    """Mapper options that our defaults change from COLMAP's.
+
+    - Known intrinsics stay fixed unless ``refine_intrinsics``.
+    - Otherwise the principal point is refined by bundle adjustment when
+      ``refine_principal_point`` (COLMAP keeps it at the image centre, which on
+      real cameras tilts every camera by a common ~0.5 degrees).
+    """
+    fixed = intrinsics_given and not refine_intrinsics
+    if mapper == "global":
+        ba = {"refine_principal_point": bool(refine_principal_point) and not fixed}
+        if fixed:
+            ba.update(refine_focal_length=False, refine_extra_params=False)
+        return {"mapper": {"bundle_adjustment": ba}}
+    if fixed:
+        return {
+            "ba_refine_focal_length": False,
+            "ba_refine_principal_point": False,
+            "ba_refine_extra_params": False,
+            "mapper": {
+                "abs_pose_refine_focal_length": False,
+                "abs_pose_refine_extra_params": False,
+            },
+        }
+    return {"ba_refine_principal_point": bool(refine_principal_point)}
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _image_list(
+    features: Path, image_dir: Path, image_list: list[str] | None
+) -> list[str]:
+    names = list(image_list) if image_list is not None else list_h5_names(features)
+    if not names:
+        raise EmptyResultError(
+            f"No images to reconstruct: {features} holds no features. Run the "
+            f"extraction on {image_dir} first."
+        )
+    return names
+
+
+def main(
+    sfm_dir: Path,
+    image_dir: Path,
+    pairs: Path,
+    features: Path,
+    matches: Path,
+    camera_mode: pycolmap.CameraMode | str = pycolmap.CameraMode.AUTO,
+    verbose: bool = False,
+    skip_geometric_verification: bool = False,
+    min_match_score: float | None = None,
+    image_list: list[str] | None = None,
+    image_options: dict[str, Any] | None = None,
+    mapper_options: dict[str, Any] | None = None,
+    intrinsics: Intrinsics | Mapping[str, Intrinsics] | None = None,
+    refine_intrinsics: bool = False,
+    refine_principal_point: bool = True,
+    verification_options: dict[str, Any] | None = None,
+    mapper: str = "incremental",
+    min_registered: int = 2,
+) -> pycolmap.Reconstruction:
+    """Reconstruct a scene from features, matches and pairs (hloc's signature).
+
+    Args:
+        sfm_dir: output folder: ``database.db``, ``models/`` (all models) and the
+            largest model's ``*.bin`` files.
+        image_dir: the images; names in the h5 files are relative to it.
+        camera_mode: ``AUTO``, ``SINGLE``, ``PER_FOLDER``, ``PER_IMAGE`` (or its
+            name), or ``"GROUPED"`` (one camera per image size and EXIF camera,
+            see :func:`group_by_camera`).
+        skip_geometric_verification: trust the matches; they are written as
+            verified with an UNCALIBRATED config (which COLMAP 4 requires).
+        min_match_score: keep matches whose ``matching_scores0`` is above it.
+        image_list: images to use (default: every image in ``features``).
+        image_options: ``pycolmap.ImageReaderOptions`` fields (e.g.
+            ``camera_model``).
+        mapper_options: ``pycolmap.IncrementalPipelineOptions`` (or
+            ``GlobalPipelineOptions``) fields, nested dicts allowed; applied over
+            our defaults (see :func:`mapper_defaults`).
+        intrinsics: known cameras: one for all images or ``{name: camera}``;
+            each a ``pycolmap.Camera``, a dict (``model``, ``params``, optional
+            ``width``, ``height``) or a 3x3 K with pixel centres at integer
+            coordinates. Kept fixed unless ``refine_intrinsics``.
+        refine_principal_point: refine the principal point in bundle adjustment
+            when intrinsics are not given.
+        verification_options: ``pycolmap.TwoViewGeometryOptions`` fields.
+        mapper: ``"incremental"`` or ``"global"`` (GLOMAP, when the installed
+            pycolmap offers ``global_mapping``).
+        min_registered: fewer registered images is an error.
+
+    Returns:
+        The largest reconstruction.
+
+    Raises:
+        EmptyResultError: no model could be built (e.g. images do not overlap).
+        UserError: a missing input file or an invalid option.
+    """
+    sfm_dir, image_dir = Path(sfm_dir), Path(image_dir)
+    pairs, features, matches = Path(pairs), Path(features), Path(matches)
+    for what, path in (("features", features), ("pairs", pairs), ("matches", matches)):
+        if not path.exists():
+            raise UserError(f"The {what} file {path} does not exist.")
+    if not image_dir.is_dir():
+        raise UserError(f"The image folder {image_dir} does not exist.")
+    if mapper not in ("incremental", "global"):
+        raise UserError(f"Unknown mapper {mapper!r}: use 'incremental' or 'global'.")
+    if mapper == "global" and not hasattr(pycolmap, "global_mapping"):
+        raise UserError(
+            f"pycolmap {pycolmap.__version__} has no global_mapping: upgrade "
+            "pycolmap (>= 3.12) or use mapper='incremental'."
+        )
+    if isinstance(camera_mode, str) and camera_mode.upper() != GROUPED:
+        try:
+            camera_mode = pycolmap.CameraMode.__members__[camera_mode.upper()]
+        except KeyError:
+            known = ", ".join([GROUPED, *pycolmap.CameraMode.__members__])
+            raise UserError(
+                f"Unknown camera mode {camera_mode!r}: use {known}."
+            ) from None
+    elif isinstance(camera_mode, str):
+        camera_mode = GROUPED
+
+    sfm_dir.mkdir(parents=True, exist_ok=True)
+    database = sfm_dir / "database.db"
+    timings: dict[str, float] = {}
+
+    tic = time.perf_counter()
+    names = _image_list(features, image_dir, image_list)
+    dbutil.create_empty_database(database)
+    ids = import_images(
+        image_dir, database, camera_mode, names, image_options, intrinsics
+    )
+    pair_list = dbutil.unique_pairs(pairs, ids)
+    if not pair_list:
+        raise EmptyResultError(
+            f"The pairs file {pairs} has no pair of distinct images: nothing to "
+            "reconstruct (at least 2 overlapping images are needed)."
+        )
+    with dbutil.open_database(database) as db:
+        dbutil.import_keypoints(ids, db, features)
+        match_counts = dbutil.import_matches(
+            ids, db, pair_list, matches, min_match_score, skip_geometric_verification
+        )
+    timings["database"] = time.perf_counter() - tic
+    logger.info(
+        "Imported %d images, %d pairs, %d matches (median %d per pair).",
+        len(ids),
+        len(pair_list),
+        sum(match_counts.values()),
+        int(np.median(list(match_counts.values()))),
+    )
+
+    tic = time.perf_counter()
+    if not skip_geometric_verification:
+        dedup_pairs = sfm_dir / "pairs-unique.txt"
+        dedup_pairs.write_text("".join(f"{a} {b}\n" for a, b in pair_list))
+        geometric_verification(database, dedup_pairs, verification_options, verbose)
+    timings["verification"] = time.perf_counter() - tic
+    verified = dbutil.verified_pair_counts(database)
+    min_inliers = 15
+    good_pairs = sum(n >= min_inliers for n in verified.values())
+    logger.info(
+        "Geometric verification: %d of %d pairs with >= %d inlier matches "
+        "(%d inliers in total), %.1f s.",
+        good_pairs,
+        len(pair_list),
+        min_inliers,
+        sum(verified.values()),
+        timings["verification"],
+    )
+    if good_pairs == 0:
+        raise EmptyResultError(
+            f"No image pair of {image_dir} has {min_inliers} or more geometrically "
+            f"verified matches ({len(pair_list)} pairs tried): the images do not "
+            "overlap, or the matches are wrong. Nothing can be reconstructed."
+        )
+
+    options = _merge(
+        mapper_defaults(
+            intrinsics is not None,
+            refine_intrinsics,
+            refine_principal_point,
+            mapper,
+        ),
+        mapper_options,
+    )
+    tic = time.perf_counter()
+    models = _run_mapper(
+        mapper, database, image_dir, sfm_dir / "models", options, len(ids), verbose
+    )
+    timings["mapping"] = time.perf_counter() - tic
+    if not models:
+        raise EmptyResultError(
+            f"COLMAP could not reconstruct any model from the {len(ids)} images "
+            f"of {image_dir} ({good_pairs} verified pairs): no initial image pair "
+            "with enough inliers and viewpoint change. Add overlapping images."
+        )
+    index, reconstruction = max(
+        models.items(), key=lambda item: item[1].num_reg_images()
+    )
+    num_reg = reconstruction.num_reg_images()
+    logger.info(
+        "%d model(s); the largest (#%d) registers %d of %d images, %d 3D points "
+        "(mapping %.1f s).",
+        len(models),
+        index,
+        num_reg,
+        len(ids),
+        reconstruction.num_points3D(),
+        timings["mapping"],
+    )
+    if num_reg < min_registered:
+        raise EmptyResultError(
+            f"Only {num_reg} of {len(ids)} images registered (need "
+            f"{min_registered}): the images of {image_dir} overlap too little."
+        )
+    registered = {img.name for img in reconstruction.images.values() if img.has_pose}
+    unregistered = sorted(set(ids) - registered)
+    if unregistered:
+        logger.warning(
+            "%d images not registered: %s%s",
+            len(unregistered),
+            ", ".join(unregistered[:10]),
+            " ..." if len(unregistered) > 10 else "",
+        )
+    reconstruction.write(str(sfm_dir))
+    logger.info("Wrote the model to %s.", sfm_dir)
+    return reconstruction
+
+
+# --------------------------------------------------------------------- CLI
+def _parse_key_values(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (dots for nesting) into a nested dict of literals."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"Options are key=value pairs, got {item!r}.")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sfm_dir", type=Path, required=True)
+    parser.add_argument("--image_dir", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--matches", type=Path, required=True)
+    parser.add_argument(
+        "--camera_mode",
+        default="AUTO",
+        choices=[GROUPED, *pycolmap.CameraMode.__members__],
+    )
+    parser.add_argument("--skip_geometric_verification", action="store_true")
+    parser.add_argument("--min_match_score", type=float)
+    parser.add_argument("--mapper", default="incremental")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--mapper_options", nargs="+", default=[], metavar="K=V")
+    parser.add_argument("--image_options", nargs="+", default=[], metavar="K=V")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    main(
+        args.sfm_dir,
+        args.image_dir,
+        args.pairs,
+        args.features,
+        args.matches,
+        camera_mode=args.camera_mode,
+        skip_geometric_verification=args.skip_geometric_verification,
+        min_match_score=args.min_match_score,
+        mapper=args.mapper,
+        verbose=args.verbose,
+        mapper_options=_parse_key_values(args.mapper_options),
+        image_options=_parse_key_values(args.image_options),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    raise SystemExit(run_cli(parser.parse_args()))
