@@ -186,9 +186,11 @@ def align_sim3(
 
 # ------------------------------------------------------------------ rotations
 def rotation_angle_deg(R: np.ndarray) -> float:
-    """Angle of a rotation matrix in degrees."""
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    return math.degrees(math.acos(cos))
+    """Angle of a rotation matrix in degrees (accurate for small angles too)."""
+    cos = (np.trace(R) - 1.0) / 2.0
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    sin = np.linalg.norm(axis) / 2.0
+    return math.degrees(math.atan2(sin, cos))
 
 
 def mean_rotation(rotations: list[np.ndarray]) -> np.ndarray:
