@@ -50,3 +50,33 @@ def mini_aachen(fountain_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("mini_aachen") / "aachen_v1.1"
     return build_mini_aachen(fountain_dir, root)
+
+
+@pytest.fixture(scope="session")
+def fountain_xfeat(fountain_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """XFeat features (long side 1600) and mutual-NN matches of every pair of
+    fountain-P11, in hloc's files, computed once per session. Read-only for tests:
+    ``{"images", "names", "features", "pairs", "matches"}``."""
+    from xfeat_hloc import extract_features, match_features, pairs_from_exhaustive
+    from xfeat_hloc.confs import get_conf
+
+    out = tmp_path_factory.mktemp("fountain_xfeat")
+    images = fountain_dir / "images"
+    names = sorted(p.name for p in images.glob("*.jpg"))
+    features = extract_features.main(
+        get_conf("xfeat", "extractor"),
+        images,
+        feature_path=out / "features.h5",
+        image_list=names,
+    )
+    pairs = pairs_from_exhaustive.main(out / "pairs.txt", image_list=names)
+    matches = match_features.main(
+        get_conf("xfeat+mnn", "matcher"), pairs, features, matches=out / "matches.h5"
+    )
+    return {
+        "images": images,
+        "names": names,
+        "features": features,
+        "pairs": pairs,
+        "matches": matches,
+    }
