@@ -511,22 +511,18 @@ class SyntheticRoom:
         offsets = (np.arange(s) + 0.5) / s - 0.5
         xs = (np.arange(w)[:, None] + offsets[None]).reshape(-1)
         ys = (np.arange(h)[:, None] + offsets[None]).reshape(-1)
-        grid_x, grid_y = np.meshgrid(xs, ys)
-        pixels = np.stack([grid_x, grid_y, np.ones_like(grid_x)], -1).reshape(-1, 3)
-        directions = pixels @ (np.linalg.inv(camera.K).T @ camera.R_w2c)
-        chunks = [
-            self.ray_cast(camera.center, directions[i : i + 65536])
-            for i in range(0, len(directions), 65536)
-        ]
-        hits = RayHits(
-            *(
-                np.concatenate([getattr(c, k) for c in chunks])
-                for k in ("index", "t", "a", "b")
-            )
-        )
-        colors = self.surface_color(hits.index, hits.a, hits.b)
-        colors[hits.index < 0] = 0
-        image = colors.reshape(h * s, w * s, 3)
+        rays_from_pixels = np.linalg.inv(camera.K).T @ camera.R_w2c
+        colors = np.zeros((len(ys), len(xs), 3), np.float32)
+        rows = max(1, 65536 // len(xs))  # chunks of ~64k rays stay in cache
+        for r in range(0, len(ys), rows):
+            grid_x, grid_y = np.meshgrid(xs, ys[r : r + rows])
+            pixels = np.stack([grid_x, grid_y, np.ones_like(grid_x)], -1)
+            directions = pixels.reshape(-1, 3) @ rays_from_pixels
+            hits = self.ray_cast(camera.center, directions)
+            chunk = self.surface_color(hits.index, hits.a, hits.b)
+            chunk[hits.index < 0] = 0
+            colors[r : r + rows] = chunk.reshape(grid_x.shape + (3,))
+        image = colors
         if s > 1:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if noise_sigma > 0:

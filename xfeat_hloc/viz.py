@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,13 +34,12 @@ RED = (230, 40, 40)
 # ---------------------------------------------------------------------- helpers
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -182,15 +180,21 @@ def plot_matches(
         order = np.sort(np.random.default_rng(seed).choice(order, max_matches, False))
     p0 = to_canvas(kpts0[order], scale0, 0.0)
     p1 = to_canvas(kpts1[order], scale1, shift)
-    # Lines on a layer blended at 60% so that the images stay visible; endpoints
-    # opaque.
-    layer = canvas.copy()
-    for a, b, color in zip(p0, p1, colors[order], strict=True):
-        c = tuple(int(v) for v in color)
-        cv2.line(
-            layer, tuple(map(int, a)), tuple(map(int, b)), c, thick, cv2.LINE_AA, 4
-        )
-    canvas = cv2.addWeighted(layer, 0.6, canvas, 0.4, 0)
+    # Lines on layers blended over the images so that these stay visible:
+    # outliers faint, the others (inliers, or all) stronger; endpoints opaque.
+    strong = np.ones(len(order), bool) if inliers is None else inliers[order]
+    for selection, alpha in ((~strong, 0.3), (strong, 0.65)):
+        if not selection.any():
+            continue
+        layer = canvas.copy()
+        for a, b, color in zip(
+            p0[selection], p1[selection], colors[order][selection], strict=True
+        ):
+            c = tuple(int(v) for v in color)
+            cv2.line(
+                layer, tuple(map(int, a)), tuple(map(int, b)), c, thick, cv2.LINE_AA, 4
+            )
+        canvas = cv2.addWeighted(layer, alpha, canvas, 1 - alpha, 0)
     for a, b, color in zip(p0, p1, colors[order], strict=True):
         c = tuple(int(v) for v in color)
         for point in (a, b):
