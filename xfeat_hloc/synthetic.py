@@ -515,13 +515,17 @@ class SyntheticRoom:
         colors = np.zeros((len(ys), len(xs), 3), np.float32)
         rows = max(1, 65536 // len(xs))  # chunks of ~64k rays stay in cache
         for r in range(0, len(ys), rows):
-            grid_x, grid_y = np.meshgrid(xs, ys[r : r + rows])
-            pixels = np.stack([grid_x, grid_y, np.ones_like(grid_x)], -1)
-            directions = pixels.reshape(-1, 3) @ rays_from_pixels
+            # direction = rays_from_pixels.T @ (x, y, 1) for every pixel
+            y = ys[r : r + rows, None, None]
+            directions = (
+                xs[None, :, None] * rays_from_pixels[0]
+                + y * rays_from_pixels[1]
+                + rays_from_pixels[2]
+            ).reshape(-1, 3)
             hits = self.ray_cast(camera.center, directions)
             chunk = self.surface_color(hits.index, hits.a, hits.b)
             chunk[hits.index < 0] = 0
-            colors[r : r + rows] = chunk.reshape(grid_x.shape + (3,))
+            colors[r : r + rows] = chunk.reshape(len(y), len(xs), 3)
         image = colors
         if s > 1:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
