@@ -18,6 +18,7 @@ import html
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -360,7 +361,8 @@ def write_3d_html(
 
     Points are drawn in their colour; registered cameras as blue frustums with
     their image names on hover. ``other_cameras`` (GT cameras, ``{name: (R, t)}``
-    world-to-camera poses, or a model) are drawn in orange: they must already be
+    world-to-camera poses, or a model) are drawn in orange and 1.3x larger (so
+    that both show where they coincide); they must already be
     in the reconstruction's frame (e.g. align with
     :func:`xfeat_hloc.evaluation.poses.evaluate_reconstruction` and transform one
     side). Points far outside the bulk (beyond 3x the 2-98 percentile range) are
@@ -422,10 +424,10 @@ def write_3d_html(
             )
         )
 
-    def frustum_trace(cameras: dict, color: str, label: str):
+    def frustum_trace(cameras: dict, color: str, label: str, size: float):
         xs, ys, zs, texts = [], [], [], []
         for name, (R, t, K, w, h) in sorted(cameras.items()):
-            lines = _frustum_lines(R, t, K, w, h, camera_size)
+            lines = _frustum_lines(R, t, K, w, h, size)
             xs += [*lines[:, 0], None]
             ys += [*lines[:, 1], None]
             zs += [*lines[:, 2], None]
@@ -442,21 +444,37 @@ def write_3d_html(
         )
 
     if cams:
-        traces.append(frustum_trace(cams, "rgb(30,100,230)", "cameras"))
+        traces.append(frustum_trace(cams, "rgb(30,100,230)", "cameras", camera_size))
     if other_cameras is not None:
         fallback = next(iter(cams.values()))[2:] if cams else (np.eye(3), 2, 2)
         others = _as_camera_tuples(other_cameras, fallback)
         if others:
-            traces.append(frustum_trace(others, "rgb(240,130,20)", other_label))
+            # Drawn 1.3x larger, so that coinciding cameras show both colours.
+            traces.append(
+                frustum_trace(others, "rgb(240,130,20)", other_label, 1.3 * camera_size)
+            )
 
     if title is None:
         title = f"{len(cams)} cameras, {reconstruction.num_points3D()} 3D points" + (
             f" ({len(xyz)} shown)" if len(xyz) != reconstruction.num_points3D() else ""
         )
+    scene: dict[str, Any] = {"aspectmode": "data"}
+    if cams:
+        # Look from behind and above the cameras, with their mean "up" up.
+        rotations = np.stack([R for R, *_ in cams.values()])
+        up = -rotations[:, 1].mean(0)
+        forward = rotations[:, 2].mean(0)
+        up /= max(np.linalg.norm(up), 1e-9)
+        forward /= max(np.linalg.norm(forward), 1e-9)
+        eye = -1.6 * forward + 0.9 * up
+        scene["camera"] = {
+            "up": dict(zip("xyz", up.tolist(), strict=True)),
+            "eye": dict(zip("xyz", eye.tolist(), strict=True)),
+        }
     fig = go.Figure(data=traces)
     fig.update_layout(
         title={"text": html.escape(title)},
-        scene={"aspectmode": "data"},
+        scene=scene,
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         legend={"itemsizing": "constant"},
     )
