@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from . import logger, matchers
 from .confs import dense_matchers as confs
-from .errors import EmptyResultError, UserError
+from .errors import EmptyResultError, ImageReadError, UserError
 from .utils.aggregation import (
     VoteAccumulator,
     assign_to_keypoints,
@@ -294,7 +294,7 @@ class _PairMatcher:
         )
         self.cache = _LRU(float(conf["cache_mb"]) * 2**20)
         self.sizes: dict[str, tuple[int, int]] = {}
-        self.too_small: dict[str, tuple[int, int]] = {}
+        self.too_small: dict[str, str] = {}  # name -> why
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: dict[str, Future] = {}
 
@@ -321,11 +321,21 @@ class _PairMatcher:
         return self.cache.get(("img", name), make, _nbytes)
 
     def usable(self, name: str) -> bool:
+        """False (and remembered) for an image too small for the model."""
+        if name in self.too_small:
+            return False
         entry = self._image(name)
         h, w = entry["array"].shape[1:]
+        size = "{}x{} px, {}x{} after preprocessing".format(*entry["size"], w, h)
         if min(h, w) < self.min_size:
-            self.too_small[name] = entry["size"]
+            self.too_small[name] = f"{size}; the minimum is {self.min_size} px"
             return False
+        if self.per_image:
+            try:  # a model may know its own minimum better (it raises then)
+                self._features(name)
+            except ImageReadError as error:
+                self.too_small[name] = f"{size}; {error}"
+                return False
         return True
 
     def _tensor(self, name: str) -> torch.Tensor:
@@ -374,7 +384,7 @@ def match_pairs(
     sees the pair swapped so that the new image gets the refined points.
 
     Returns:
-        ``{"too_small": {name: (W, H)}, "matched": int}``.
+        ``{"too_small": {name: reason}, "matched": int}``.
     """
     with H5Writer(matches_path, overwrite=overwrite) as writer:
         todo = [p for p in pairs if names_to_pair(*p) not in writer.done]
@@ -408,13 +418,11 @@ def match_pairs(
             runner.close()
         too_small = dict(runner.too_small)
         if too_small:
-            listing = ", ".join(f"{n} ({w}x{h})" for n, (w, h) in too_small.items())
+            listing = "; ".join(f"{n} ({why})" for n, why in too_small.items())
             logger.warning(
-                "%d images are smaller than the %s model's minimum of %d px per "
-                "side after preprocessing; their pairs get no matches: %s.",
+                "%d images are too small for %s; their pairs get no matches: %s.",
                 len(too_small),
                 conf["model"]["name"],
-                runner.min_size,
                 listing,
             )
         del model, runner

@@ -13,7 +13,9 @@ query, whose keypoints are not quantized afterwards.
 
 Memory: kornia's coarse matching materialises an ``L x S`` matrix over all coarse
 cells (~7 GB at 1600x1200); we use :class:`ChunkedCoarseMatching`, which gives
-the same matches with a fixed budget (``coarse_chunk_mb``). kornia's module-level
+the same matches with a fixed budget (``coarse_chunk_mb``). The backbone runs one
+image at a time (kornia batches the pair) with early release of its maps
+(:class:`LeanResNetFPN_8_2`), bitwise the same features. kornia's module-level
 ``default_cfg`` is never modified: the model works on a deep copy.
 
 Weights: ``weights`` is ``"outdoor"`` or ``"indoor"`` (resolved with
@@ -34,6 +36,7 @@ from kornia.feature.loftr.loftr import default_cfg
 
 from .. import logger
 from ..errors import UserError
+from ..models.loftr_backbone import lean_backbone
 from ..models.loftr_coarse import ChunkedCoarseMatching
 from ..utils.base_model import BaseModel
 from ..weights import resolve_weights
@@ -69,6 +72,29 @@ def _load_state_dict(path: Any) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise UserError(f"{path} holds no LoFTR state dict.")
     return dict(state)
+
+
+@torch.no_grad()
+def calibrate_batchnorm(net: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set the BatchNorm statistics of a randomly initialised LoFTR from images.
+
+    With random weights and the default statistics (mean 0, variance 1), the
+    features barely vary across the image and matching degenerates to a few
+    matches. Plumbing tests and benchmarks that compare implementations call
+    this first (then copy the state dict) to get hundreds of distinct matches.
+
+    Args:
+        net: a kornia ``LoFTR``.
+        images: ``Bx1xHxW`` grayscale images in [0, 1].
+    """
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over this batch
+    was_training = net.training
+    net.backbone.train()
+    net.backbone(images)
+    net.train(was_training)
 
 
 class KorniaLoFTR(BaseModel):
@@ -108,12 +134,14 @@ class KorniaLoFTR(BaseModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             net = LoFTR(pretrained=None, config=config)
-        net.coarse_matching = ChunkedCoarseMatching(
-            config["match_coarse"], chunk_mb=float(conf["coarse_chunk_mb"])
-        )
         if weights is not None:
             path = resolve_weights(_WEIGHTS[weights], conf["weights_path"])
             net.load_state_dict(_load_state_dict(path))
+        # same parameters and results, bounded memory
+        net.backbone = lean_backbone(net.backbone)
+        net.coarse_matching = ChunkedCoarseMatching(
+            config["match_coarse"], chunk_mb=float(conf["coarse_chunk_mb"])
+        )
         self.net = net.eval()
 
     # -------------------------------------------------- per-image features
@@ -129,7 +157,11 @@ class KorniaLoFTR(BaseModel):
 
     # ---------------------------------------------------------------- main
     def _forward(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self._run({"image0": data["image1"], "image1": data["image0"]})
+        # one image at a time through the backbone: half the peak of kornia's
+        # batched pass, bitwise the same features
+        feats0 = self.extract_dense(data["image0"])
+        feats1 = self.extract_dense(data["image1"])
+        return self.match_dense_features(feats0, feats1)
 
     def _run(self, swapped: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Run kornia's LoFTR on the swapped pair and swap the result back."""

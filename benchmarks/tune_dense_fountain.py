@@ -1,0 +1,206 @@
+"""Choose XFeat*'s dense conf by measuring on fountain-P11 (ground-truth cameras).
+
+For every variant: ``match_dense`` (exhaustive pairs) -> our reconstruction ->
+camera centres aligned to the ground truth by a similarity transform -> position
+errors. The per-pair matching (the costly part) only depends on ``resize_max``
+and the model conf, so it is computed once per such setting and the aggregation
+variants reuse it (a fresh features file re-aggregates and reassigns all pairs).
+A sparse XFeat (4096, mutual NN) run is the reference.
+
+    python benchmarks/tune_dense_fountain.py --out /tmp/tune [--variants ...]
+
+Prints one line per variant: registered images, median / max position error
+(mm), keypoints per image, mean track length, seconds of matching (once per
+setting), aggregation and reconstruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xfeat_hloc import match_dense, reconstruction
+from xfeat_hloc.confs import get_conf
+from xfeat_hloc.evaluation.poses import evaluate_reconstruction
+from xfeat_hloc.evaluation.strecha import load_strecha_scene
+from xfeat_hloc.matchers.xfeat_star import XFeatStar
+from xfeat_hloc.utils.parsers import write_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
+
+# name: (resize_max, refine, cell_size, max_error, max_kps)
+VARIANTS: dict[str, tuple[int, bool, float, float, int | None]] = {
+    "hloc-like c8 e2": (1600, True, 8, 2, 8192),
+    "c4 e1": (1600, True, 4, 1, 8192),
+    "c2 e1": (1600, True, 2, 1, 8192),
+    "c1 e0.5": (1600, True, 1, 0.5, 8192),
+    "c1 e0.5 all": (1600, True, 1, 0.5, None),
+    "c2 e1 16k": (1600, True, 2, 1, 16384),
+    "c8 e2 no-refine": (1600, False, 8, 2, 8192),
+    "c2 e1 no-refine": (1600, False, 2, 1, 8192),
+    "c2 e1 r1024": (1024, True, 2, 1, 8192),
+    "c4 e1 r1024": (1024, True, 4, 1, 8192),
+}
+
+
+class UnrefinedXFeatStar(XFeatStar):
+    """XFeat* keeping image 0's coarse cell positions (measurement only)."""
+
+    def match_dense_features(self, features0, features1):
+        # refine_matches moves image 0's points by offset * scale: zero scale
+        return super().match_dense_features(
+            {**features0, "scales": torch.zeros_like(features0["scales"])}, features1
+        )
+
+
+def run_sparse(out: Path, image_dir: Path, names: list[str], pairs: Path) -> dict:
+    from xfeat_hloc import extract_features, match_features
+
+    tic = time.perf_counter()
+    features = extract_features.main(
+        get_conf("xfeat", "extractor"),
+        image_dir,
+        feature_path=out / "sparse-features.h5",
+        image_list=names,
+    )
+    matches = match_features.main(
+        get_conf("xfeat+mnn", "matcher"),
+        pairs,
+        features,
+        matches=out / "sparse-matches.h5",
+    )
+    return {
+        "features": features,
+        "matches": matches,
+        "match_s": time.perf_counter() - tic,
+    }
+
+
+def evaluate(out: Path, tag: str, image_dir, pairs, features, matches, gt) -> dict:
+    timings: dict[str, float] = {}
+    tic = time.perf_counter()
+    rec = reconstruction.main(
+        out / f"sfm-{tag}", image_dir, pairs, features, matches, timings=timings
+    )
+    seconds = time.perf_counter() - tic
+    ev = evaluate_reconstruction(rec, gt)
+    pos = np.array([e.position for e in ev.errors.values()]) * 1000
+    tracks = [p.track.length() for p in rec.points3D.values()]
+    return {
+        "registered": ev.num_registered,
+        "median_mm": float(np.median(pos)),
+        "max_mm": float(pos.max()),
+        "points": len(tracks),
+        "track": float(np.mean(tracks)),
+        "reproj": float(np.mean([p.error for p in rec.points3D.values()])),
+        "sfm_s": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--sparse", action="store_true", help="also sparse XFeat")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    image_dir, cameras = load_strecha_scene(SCENE)
+    names = sorted(cameras)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pairs = write_pairs(
+        args.out / "pairs.txt",
+        [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]],
+    )
+    header = (
+        f"{'variant':<22} {'reg':>4} {'med mm':>7} {'max mm':>8} {'kps':>6} "
+        f"{'pts':>6} {'track':>5} {'reproj':>6} {'match s':>7} {'agg s':>6} "
+        f"{'sfm s':>6}"
+    )
+    print(header, flush=True)
+    if args.sparse:
+        for r in range(args.repeat):
+            sparse = run_sparse(args.out, image_dir, names, pairs)
+            res = evaluate(
+                args.out,
+                f"sparse{r}",
+                image_dir,
+                pairs,
+                sparse["features"],
+                sparse["matches"],
+                cameras,
+            )
+            print(
+                f"{'sparse xfeat 4096 mnn':<22} {res['registered']:>4} "
+                f"{res['median_mm']:>7.1f} {res['max_mm']:>8.1f} {4096:>6} "
+                f"{res['points']:>6} {res['track']:>5.2f} {res['reproj']:>6.2f} "
+                f"{sparse['match_s']:>7.0f} {0:>6} {res['sfm_s']:>6.0f}",
+                flush=True,
+            )
+    match_seconds: dict[tuple, float] = {}
+    for name in args.variants:
+        resize_max, refine, cell, max_error, max_kps = VARIANTS[name]
+        conf = copy.deepcopy(get_conf("xfeat_star", "dense matcher"))
+        conf["preprocessing"]["resize_max"] = resize_max
+        conf.update(cell_size=cell, max_error=max_error)
+        conf.pop("max_kps", None)
+        key = (resize_max, refine)
+        matches = args.out / f"raw-r{resize_max}-{'ref' if refine else 'coarse'}.h5"
+        if key not in match_seconds:
+            tic = time.perf_counter()
+            _match_only(conf, refine, pairs, image_dir, matches)
+            match_seconds[key] = time.perf_counter() - tic
+        for r in range(args.repeat):
+            tag = f"{name.replace(' ', '_')}-{r}"
+            features = args.out / f"features-{tag}.h5"
+            features.unlink(missing_ok=True)
+            tic = time.perf_counter()
+            match_dense.main(
+                conf,
+                pairs,
+                image_dir,
+                matches=matches,
+                features=features,
+                max_kps=max_kps,
+            )
+            agg = time.perf_counter() - tic
+            import h5py
+
+            with h5py.File(features) as fd:
+                kps = np.mean([fd[n]["keypoints"].shape[0] for n in fd])
+            res = evaluate(args.out, tag, image_dir, pairs, features, matches, cameras)
+            print(
+                f"{name:<22} {res['registered']:>4} {res['median_mm']:>7.1f} "
+                f"{res['max_mm']:>8.1f} {kps:>6.0f} {res['points']:>6} "
+                f"{res['track']:>5.2f} {res['reproj']:>6.2f} "
+                f"{match_seconds[key]:>7.0f} {agg:>6.1f} {res['sfm_s']:>6.0f}",
+                flush=True,
+            )
+
+
+def _match_only(conf, refine: bool, pairs: Path, image_dir: Path, matches: Path):
+    """Pass 1 of match_dense with the (possibly unrefined) model."""
+    from xfeat_hloc.utils.parsers import parse_pairs
+
+    if matches.exists():
+        return
+    conf = match_dense.resolve_conf(conf)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    original = match_dense.dynamic_load
+    if not refine:
+        match_dense.dynamic_load = lambda root, name: UnrefinedXFeatStar
+    try:
+        match_dense.match_pairs(
+            conf, parse_pairs(pairs), image_dir, matches, set(), device
+        )
+    finally:
+        match_dense.dynamic_load = original
+
+
+if __name__ == "__main__":
+    main()
