@@ -160,3 +160,7 @@ def test_cli_match(
     assert (scores > 0.82 - 1e-3).all()
     assert cli_main(args) == 0
     assert "matched 0 pairs (1 already done" in capsys.readouterr().out
+    # a features file without --matches: hloc's name, beside the features
+    feats = str(export_dir / "feats.h5")
+    assert cli_main(["match", "--pairs", str(pairs), "--features", feats]) == 0
+    assert (export_dir / "feats_matches-xfeat-mnn_pairs-cli.h5").exists()

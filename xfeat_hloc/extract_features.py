@@ -227,11 +227,18 @@ def _iterate(
         )
         yield from loader
     elif prefetch == "thread":
+
+        def load(i: int) -> dict[str, Any]:
+            item = dataset[i]
+            if pin_memory and "image" in item:
+                item["image"] = item["image"].pin_memory()
+            return item
+
         pool = ThreadPoolExecutor(1, thread_name_prefix="xfeat_hloc-decode")
         try:
             futures: deque = deque()
             for i in range(len(dataset)):
-                futures.append(pool.submit(dataset.__getitem__, i))
+                futures.append(pool.submit(load, i))
                 if len(futures) > depth:
                     yield futures.popleft().result()
             while futures:

@@ -230,9 +230,10 @@ def match(
             )
     pairs_all = parse_pairs(pairs_path)
     summary = MatchingSummary(path=match_path)
-    if not pairs_all:
-        logger.warning("The pairs file %s is empty: nothing to match.", pairs_path)
     unique = find_unique_new_pairs(pairs_all)
+    if not unique:
+        logger.warning("The pairs file %s has no pair to match.", pairs_path)
+        return summary
     check_pairs_in_features(unique, feature_path_q, feature_path_ref)
 
     with H5Writer(match_path, overwrite, flush_every=512, flush_seconds=10) as writer:
@@ -377,7 +378,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--export_dir", type=Path)
     parser.add_argument(
-        "--matches", type=Path, help="output h5 (required if --features is a file)"
+        "--matches",
+        type=Path,
+        help="output h5 (default: <features>_<conf output>_<pairs stem>.h5 in "
+        "--export_dir, or beside a features file)",
     )
     parser.add_argument(
         "--features_ref", type=Path, help="features of the second image of each pair"
@@ -393,10 +397,14 @@ def run_cli(args: argparse.Namespace) -> int:
 
     conf = get_conf(args.conf, "matcher")
     features: Path | str = args.features
+    matches = args.matches
     if Path(features).suffix == ".h5" or Path(features).exists():
         features = Path(features)
+        if matches is None:  # hloc's default name, beside the features file
+            name = f"{features.stem}_{conf['output']}_{args.pairs.stem}.h5"
+            matches = (args.export_dir or features.parent) / name
     feature_path, match_path = _resolve_paths(
-        conf, args.pairs, features, args.export_dir, args.matches
+        conf, args.pairs, features, args.export_dir, matches
     )
     summary = match(
         conf,
