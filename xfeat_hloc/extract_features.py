@@ -348,11 +348,9 @@ def extract(
             return summary
 
         device = _pick_device(device)
-        if model is None:
+        if model is None:  # before reading images: a wrong conf fails at once
             Model = dynamic_load(extractors, conf["model"]["name"])
-            model = Model(conf["model"])
-        model = model.eval().to(device)
-        detection_noise = getattr(model, "detection_noise", 1.0)
+        ready: BaseModel | None = None  # built at the first readable image
 
         items = _iterate(dataset, prefetch, pin_memory=device.type == "cuda")
         with torch.inference_mode():
@@ -362,8 +360,12 @@ def extract(
                     logger.warning("Skipping image %s: %s", name, item["error"])
                     summary.unreadable.append(name)
                     continue
+                if ready is None:
+                    ready = model if model is not None else Model(conf["model"])
+                    ready = ready.eval().to(device)
+                    detection_noise = getattr(ready, "detection_noise", 1.0)
                 image = item["image"].to(device, non_blocking=True)[None]
-                pred = _to_numpy(model({"image": image}))
+                pred = _to_numpy(ready({"image": image}))
                 datasets, attrs = postprocess(
                     pred,
                     image.shape[-2:][::-1],
