@@ -110,7 +110,8 @@ def check_pairs_in_features(
 
 
 class FeatureReader:
-    """Reads features groups as hloc's matcher inputs, with a small LRU cache.
+    """Reads features groups as hloc's matcher inputs, with a small LRU cache
+    (each pair gets its own tensors: a matcher may change its inputs).
 
     Not thread-safe: one reader per thread.
     """
@@ -119,19 +120,17 @@ class FeatureReader:
         self.file_q = h5py.File(str(path_q), "r", libver="latest")
         same = Path(path_ref).resolve() == Path(path_q).resolve()
         self.file_ref = self.file_q if same else h5py.File(str(path_ref), "r")
-        self.cache: OrderedDict[tuple[int, str], dict[str, torch.Tensor]] = (
-            OrderedDict()
-        )
+        self.cache: OrderedDict[tuple[int, str], dict[str, np.ndarray]] = OrderedDict()
         self.cache_size = cache_size
 
-    def _read(self, fd: h5py.File, name: str) -> dict[str, torch.Tensor]:
+    def _read(self, fd: h5py.File, name: str) -> dict[str, np.ndarray]:
         key = (id(fd), name)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
         grp = fd[name]
         data = {
-            k: torch.from_numpy(np.asarray(v[()], dtype=np.float32))
+            k: np.asarray(v[()], dtype=np.float32)
             for k, v in grp.items()
             if isinstance(v, h5py.Dataset)
         }
@@ -149,7 +148,7 @@ class FeatureReader:
         ):
             features = self._read(fd, name)
             for key, value in features.items():
-                data[key + suffix] = value[None]
+                data[key + suffix] = torch.tensor(value)[None]  # a copy
             width, height = (int(x) for x in features["image_size"])
             # only the shape is real: hloc's matchers may read the image size
             data["image" + suffix] = torch.empty(1, 1, 1, 1).expand(1, 1, height, width)
