@@ -438,7 +438,12 @@ def main(
 # ---------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xfeat-hloc extract``."""
-    parser.add_argument("--image_dir", type=Path, required=True)
+    parser.add_argument(
+        "--image_dir",
+        type=Path,
+        required=True,
+        help="image folder; h5 names are paths relative to it",
+    )
     parser.add_argument(
         "--export_dir", type=Path, help="folder of <conf output>.h5 (or --feature_path)"
     )

@@ -388,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", default="xfeat+mnn", choices=list(confs))
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    parser.add_argument(
+        "--weights", type=Path, help="explicit weights file (conf weights_path)"
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -395,6 +398,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from .confs import get_conf
 
     conf = get_conf(args.conf, "matcher")
+    if args.weights is not None:
+        conf["model"]["weights_path"] = str(args.weights)
     features: Path | str = args.features
     matches = args.matches
     if Path(features).suffix == ".h5" or Path(features).exists():
