@@ -25,7 +25,13 @@ import h5py
 import numpy as np
 
 from .. import logger
+from ..errors import UserError
 from .io import list_h5_names
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no protection against concurrent writers
+    fcntl = None  # type: ignore[assignment]
 
 Datasets = dict[str, np.ndarray]
 Attrs = dict[str, dict[str, Any]]
@@ -101,7 +107,36 @@ class H5Writer:
         self._part_items = 0
         self._part_started = 0.0
         self.num_written = 0
+        self._lock = self._acquire_lock()
         self.done: set[str] = self._find_done()
+
+    def _acquire_lock(self) -> Any:
+        """Hold an exclusive lock on ``<file>.lock`` while writing.
+
+        The lock dies with the process (a kill releases it), so it only stops
+        two live processes from writing the same file at once.
+        """
+        if fcntl is None:
+            return None
+        handle = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UserError(
+                f"Another process is writing {self.path} right now. Wait for it to "
+                "finish, or write to another file."
+            ) from None
+        return handle
+
+    def _release_lock(self) -> None:
+        if self._lock is None:
+            return
+        lock_path = Path(self._lock.name)
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+        self._lock = None
+        lock_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ state
     def _parts(self) -> list[Path]:
@@ -197,10 +232,13 @@ class H5Writer:
             self._thread.join()
             self._thread = None
         self._raise_if_failed()
-        parts = self._parts()
-        if parts:
-            self._merge(parts)
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        try:
+            parts = self._parts()
+            if parts:
+                self._merge(parts)
+                shutil.rmtree(self.parts_dir, ignore_errors=True)
+        finally:
+            self._release_lock()
         return self.path
 
     def _merge(self, parts: Iterable[Path]) -> None:
@@ -223,6 +261,7 @@ class H5Writer:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        self._release_lock()
 
     def __enter__(self) -> H5Writer:
         return self
