@@ -27,6 +27,7 @@ completes the job):
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import struct
 import time
@@ -40,13 +41,7 @@ import pycolmap
 from .. import logger
 from ..confs import get_conf
 from ..errors import DatasetLayoutError, EmptyResultError, UserError
-from ..results_file import (
-    InvalidResultsError,
-    read_results,
-    result_name,
-    validate_results,
-    write_results,
-)
+from ..results_file import InvalidResultsError, validate_results, write_results
 from ..utils.parsers import parse_image_list, parse_retrieval, write_pairs
 
 VERSIONS = ("1.0", "1.1")
@@ -336,9 +331,11 @@ class _Timer:
         return out
 
 
-def _atomic_pairs(path: Path, write: Callable[[Path], Any]) -> Path:
+def _atomic_pairs(
+    path: Path, write: Callable[[Path], Any], overwrite: bool = False
+) -> Path:
     """Run ``write(tmp)`` and move the file into place (skip if it exists)."""
-    if path.is_file():
+    if path.is_file() and not overwrite:
         logger.info("Pairs file %s exists, skipping.", path)
         return path
     tmp = path.with_name(path.name + ".tmp")
@@ -348,7 +345,11 @@ def _atomic_pairs(path: Path, write: Callable[[Path], Any]) -> Path:
 
 
 def database_pairs(
-    reference: pycolmap.Reconstruction, model_path: Path, output: Path, num: int
+    reference: pycolmap.Reconstruction,
+    model_path: Path,
+    output: Path,
+    num: int,
+    overwrite: bool = False,
 ) -> Path:
     """Covisibility pairs of the reference model; from camera poses when the
     model has no 3D points (the log says so)."""
@@ -385,7 +386,7 @@ def database_pairs(
                 [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]],
             )
 
-    return _atomic_pairs(output, write)
+    return _atomic_pairs(output, write, overwrite)
 
 
 def check_pairs_file(
@@ -437,6 +438,7 @@ def run(
     max_keypoints: int | None = None,
     model_options: dict[str, Any] | None = None,
     on_failure: str = "retrieval-pose",
+    allow_empty: bool = False,
     overwrite: bool = False,
 ) -> AachenResult:
     """Run the Aachen v1.0/v1.1 localization pipeline (see the module doc).
@@ -459,6 +461,8 @@ def run(
         on_failure: "retrieval-pose" gives a query that PnP could not localize the
             pose of its top retrieved database image (logged, so that the file
             is complete); "skip" leaves it out of the results file.
+        allow_empty: write the results even when no query is localized
+            (plumbing checks); otherwise that is an ``EmptyResultError``.
         overwrite: redo every step.
 
     Returns:
@@ -504,9 +508,6 @@ def run(
         reference.num_points3D(),
         len(layout.queries),
     )
-    if overwrite:
-        for stale in outputs.glob("pairs-*.txt"):
-            stale.unlink()
     sfm_pairs = timer.run(
         "database pairs",
         database_pairs,
@@ -514,6 +515,7 @@ def run(
         sift_sfm,
         outputs / f"pairs-db-covis{num_covis}.txt",
         num_covis,
+        overwrite,
     )
     del reference
 
@@ -577,17 +579,24 @@ def run(
 
         if reference_sfm.exists():
             shutil.rmtree(reference_sfm)
-        rec = timer.run(
-            "triangulation",
-            triangulation.main,
-            reference_sfm,
-            sift_sfm,
-            images,
-            sfm_pairs,
-            features,
-            sfm_matches,
-        )
-        done_marker.write_text(f"{rec.num_points3D()} points\n")
+        try:
+            rec = timer.run(
+                "triangulation",
+                triangulation.main,
+                reference_sfm,
+                sift_sfm,
+                images,
+                sfm_pairs,
+                features,
+                sfm_matches,
+            )
+            num_points = rec.num_points3D()
+        except EmptyResultError as error:
+            if not allow_empty:
+                raise
+            logger.warning("%s Going on with an empty model (allow_empty).", error)
+            num_points = 0
+        done_marker.write_text(f"{num_points} points\n")
     else:
         logger.info("Triangulated model %s exists, skipping.", reference_sfm)
 
@@ -613,22 +622,25 @@ def run(
                 overwrite,
                 device,
             ),
+            overwrite,
         )
 
     # Query matches and localization.
     if dense_conf is not None:
         from .. import match_dense
 
-        loc_matches = outputs / f"{dense_conf['output']}_{loc_pairs.stem}.h5"
-        features, loc_matches = timer.run(
+        # References keep their keypoints (those of the triangulated model);
+        # the queries get their exact matched points, in their own file.
+        query_features, loc_matches = timer.run(
             "dense matching (queries)",
             match_dense.main,
             dense_conf,
             loc_pairs,
             images,
             outputs,
-            matches=loc_matches,
-            features=features,
+            matches=outputs / f"{dense_conf['output']}_{loc_pairs.stem}.h5",
+            features=outputs / f"feats-query_{dense_conf['output']}.h5",
+            features_ref=features,
             max_kps=None,
             overwrite=overwrite,
             device=device,
@@ -637,6 +649,7 @@ def run(
         from .. import match_features
 
         assert features_conf is not None and matcher_conf is not None
+        query_features = features
         loc_matches = timer.run(
             "matching (queries)",
             match_features.main,
@@ -655,10 +668,11 @@ def run(
         layout,
         reference_sfm,
         loc_pairs,
-        features,
+        query_features,
         loc_matches,
         results,
         on_failure,
+        allow_empty,
         overwrite,
     )
     report = validate_results(results, layout.queries)
@@ -751,57 +765,86 @@ def _localize(
     loc_matches: Path,
     results: Path,
     on_failure: str,
+    allow_empty: bool,
     overwrite: bool,
 ) -> tuple[list[str], int]:
-    """Localize the queries into ``results``; returns the failed queries and the
-    number localized. Skipped when ``results`` is already complete."""
+    """Localize the queries into ``results`` (``localize_sfm``); returns the
+    queries PnP could not localize and the number it did. Skipped when the
+    results file and its summary exist and the file is complete."""
     from .. import localize_sfm
 
-    state = results.with_name(results.name + ".failed.txt")
-    if not overwrite and results.is_file() and state.is_file():
-        failed = [n for n in state.read_text().splitlines() if n]
+    summary_path = Path(f"{results}_summary.json")
+    if not overwrite and results.is_file() and summary_path.is_file():
+        failed, num_localized = _read_summary(summary_path)
         report = validate_results(results, layout.queries)
         if on_failure == "skip":
             report.missing = [m for m in report.missing if m not in failed]
         if report.ok:
             logger.info("Results %s exist and are complete, skipping.", results)
-            return failed, len(layout.queries) - len(failed)
-    raw = results.with_name(results.name + ".localized.txt")
+            return failed, num_localized
+    summary_path.unlink(missing_ok=True)
+    if allow_empty and _is_empty_model(reference_sfm):
+        return _fallback_results(layout, reference_sfm, loc_pairs, results, on_failure)
     localize_sfm.main(
         reference_sfm,
         layout.queries_glob,
         loc_pairs,
         features,
         loc_matches,
-        raw,
+        results,
         covisibility_clustering=False,
+        fallback_to_retrieved=on_failure == "retrieval-pose",
+        allow_empty=allow_empty,
     )
-    localized = read_results(raw)  # base names -> poses
-    by_name = {result_name(q): q for q in layout.queries}
-    poses = {by_name[n]: p for n, p in localized.items() if n in by_name}
-    failed = [q for q in layout.queries if q not in poses]
-    if failed and on_failure == "retrieval-pose":
-        rec = pycolmap.Reconstruction(str(reference_sfm))
-        name_to_image = {im.name: im for im in rec.images.values()}
-        retrieved = parse_retrieval(loc_pairs)
-        for query in failed:
-            top = next(
-                (n for n in retrieved.get(query, []) if n in name_to_image), None
-            )
-            if top is None:  # nothing retrieved at all: any database pose
-                top = next(iter(sorted(name_to_image)))
-            poses[query] = name_to_image[top].cam_from_world()
-        logger.warning(
-            "%d queries were not localized by PnP and get the pose of their top "
-            "retrieved database image in %s: %s",
-            len(failed),
-            results.name,
-            _examples(failed),
-        )
-    ordered = {q: poses[q] for q in layout.queries if q in poses}
-    write_results(ordered, results)
-    state.write_text("".join(f"{q}\n" for q in failed))
-    return failed, len(layout.queries) - len(failed)
+    return _read_summary(summary_path)
+
+
+def _is_empty_model(model: Path) -> bool:
+    rec = pycolmap.Reconstruction(str(model))
+    return rec.num_points3D() == 0
+
+
+def _fallback_results(
+    layout: AachenLayout,
+    reference_sfm: Path,
+    loc_pairs: Path,
+    results: Path,
+    on_failure: str,
+) -> tuple[list[str], int]:
+    """Results when the triangulated model has no 3D point (``allow_empty``):
+    no query can be localized; each gets the pose of its top retrieved image
+    (unless ``on_failure="skip"``). Writes the summary like ``localize_sfm``."""
+    logger.warning(
+        "The triangulated model %s has no 3D point: no query can be localized.",
+        reference_sfm,
+    )
+    rec = pycolmap.Reconstruction(str(reference_sfm))
+    by_name = {image.name: image for image in rec.images.values()}
+    retrieved = parse_retrieval(loc_pairs)
+    poses = {}
+    if on_failure == "retrieval-pose":
+        for query in layout.queries:
+            top = next((n for n in retrieved.get(query, []) if n in by_name), None)
+            if top is not None:
+                poses[query] = by_name[top].cam_from_world()
+    write_results(poses, results)
+    summary = {
+        "num_queries": len(layout.queries),
+        "num_localized": 0,
+        "num_failed": len(layout.queries),
+        "num_fallback": len(poses),
+        "queries": {
+            q: {"localized": False, "fallback": q in poses} for q in layout.queries
+        },
+    }
+    Path(f"{results}_summary.json").write_text(json.dumps(summary, indent=1))
+    return list(layout.queries), 0
+
+
+def _read_summary(path: Path) -> tuple[list[str], int]:
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    failed = [q for q, entry in summary["queries"].items() if not entry["localized"]]
+    return failed, int(summary["num_localized"])
 
 
 # --------------------------------------------------------------------- CLI
@@ -840,6 +883,12 @@ def add_arguments_aachen(parser: argparse.ArgumentParser) -> None:
         help="pose given to queries PnP cannot localize (default: the pose of the "
         "top retrieved image, logged, so the file is complete)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="go on when triangulation or localization gives nothing (plumbing "
+        "checks with untrained weights); the results file is still complete",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo every step")
 
 
@@ -860,6 +909,7 @@ def run_cli_aachen(args: argparse.Namespace) -> int:
         max_keypoints=args.max_keypoints,
         model_options=options,
         on_failure=args.on_failure,
+        allow_empty=args.allow_empty,
         overwrite=args.overwrite,
     )
     print(
