@@ -64,6 +64,6 @@ class XFeat(BaseModel):
         )
         return {
             "keypoints": features["keypoints"][None],
-            "descriptors": features["descriptors"].t()[None].contiguous(),
+            "descriptors": features["descriptors"][None],
             "scores": features["scores"][None],
         }

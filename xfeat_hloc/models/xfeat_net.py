@@ -65,6 +65,37 @@ class BasicLayer(nn.Module):
         return self.layer(x)
 
 
+class FusedConv(nn.Module):
+    """``conv(x)``, then ReLU if ``relu``: one oneDNN call for float32 on CPU
+    (the same kernel as ``nn.Conv2d`` there), the plain ops elsewhere."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.relu = relu
+        self.mkldnn = torch.backends.mkldnn.is_available() and hasattr(
+            torch.ops.mkldnn, "_convolution_pointwise"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.conv
+        if self.mkldnn and x.device.type == "cpu" and x.dtype == torch.float32:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x,
+                conv.weight,
+                conv.bias,
+                conv.padding,
+                conv.stride,
+                conv.dilation,
+                conv.groups,
+                "relu" if self.relu else "none",
+                [],
+                "",
+            )
+        x = conv(x)
+        return F.relu(x, inplace=True) if self.relu else x
+
+
 def _mlp_block(in_features: int, out_features: int) -> list[nn.Module]:
     return [
         nn.Linear(in_features, out_features),
@@ -90,8 +121,9 @@ class XFeatNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        #: feed channels-last inputs (set by :func:`load_xfeat_net`)
-        self.channels_last = False
+        #: the keypoint head's first layer reads the 8 x 8 pixel blocks directly
+        #: (an 8 x 8 convolution of stride 8, see :func:`to_inference_form`)
+        self.keypoint_head_on_pixels = False
         self.skip1 = nn.Sequential(nn.AvgPool2d(4, stride=4), nn.Conv2d(1, 24, 1))
         self.block1 = nn.Sequential(
             BasicLayer(1, 4, stride=1),
@@ -150,8 +182,10 @@ class XFeatNet(nn.Module):
         x5 = F.interpolate(x5, size, mode="bilinear", align_corners=False)
         descriptors = self.block_fusion(x3 + x4 + x5)
         reliability = self.heatmap_head(descriptors)
-        # 8 x 8 pixel blocks -> 64 channels, channel 8 * dy + dx
-        keypoint_logits = self.keypoint_head(F.pixel_unshuffle(x, 8))
+        if not self.keypoint_head_on_pixels:
+            # 8 x 8 pixel blocks -> 64 channels, channel 8 * dy + dx
+            x = F.pixel_unshuffle(x, 8)
+        keypoint_logits = self.keypoint_head(x)
         return descriptors, keypoint_logits, reliability
 
 
@@ -187,6 +221,34 @@ def fold_batchnorms(net: nn.Module) -> nn.Module:
     return net
 
 
+def to_inference_form(net: XFeatNet) -> XFeatNet:
+    """Rewrite an eval-mode :class:`XFeatNet` for fast inference, in place.
+
+    Same function up to float rounding: BatchNorms folded into the layers
+    before them, each convolution + ReLU fused (oneDNN on CPU), the keypoint
+    head's 1 x 1 convolution on unshuffled 8 x 8 blocks turned into an 8 x 8
+    convolution of stride 8 on the image, channels-last weights.
+    """
+    fold_batchnorms(net)
+    first = net.keypoint_head[0].layer[0]
+    on_pixels = nn.Conv2d(1, first.out_channels, 8, stride=8)
+    on_pixels.weight = nn.Parameter(
+        first.weight.detach().reshape(first.out_channels, 1, 8, 8).clone(),
+        requires_grad=False,
+    )
+    on_pixels.bias = first.bias
+    net.keypoint_head[0].layer[0] = on_pixels
+    net.keypoint_head_on_pixels = True
+    for module in list(net.modules()):
+        if isinstance(module, BasicLayer):
+            module.layer = FusedConv(module.layer[0], relu=True)
+    for block in (net.skip1, net.block_fusion, net.heatmap_head, net.keypoint_head):
+        for index, layer in enumerate(block):
+            if type(layer) is nn.Conv2d:
+                block[index] = FusedConv(layer, relu=False)
+    return net.to(memory_format=torch.channels_last)
+
+
 def load_xfeat_net(
     weights_path: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -198,8 +260,8 @@ def load_xfeat_net(
         weights_path: an explicit ``xfeat.pt``; None resolves it with
             :func:`xfeat_hloc.weights.resolve_weights`.
         device: where the network lives.
-        inference_form: fold the BatchNorms and use channels-last (same outputs
-            up to float rounding, faster). False keeps the state-dict layout.
+        inference_form: apply :func:`to_inference_form` (same outputs up to
+            float rounding, faster). False keeps the state-dict layout.
     """
     from ..weights import resolve_weights
 
@@ -209,9 +271,7 @@ def load_xfeat_net(
     net.load_state_dict(state_dict)
     net.eval().requires_grad_(False)
     if inference_form:
-        fold_batchnorms(net)
-        net = net.to(memory_format=torch.channels_last)
-        net.channels_last = True
+        net = to_inference_form(net)
     return net.to(device)
 
 
@@ -223,8 +283,9 @@ def load_xfeat_net(
 def prepare_image(image: Tensor, what: str = "image") -> Tensor:
     """Check a ``1 x C x H x W`` image (C = 1 or 3) and return it as float in [0, 1].
 
-    uint8 (or other integer) images are divided by 255, and so are float images
-    whose maximum exceeds 1 (read as [0, 255]).
+    uint8 (or other integer) images are divided by 255. Float images are taken
+    as they are: the network instance-normalises its input, so [0, 255] floats
+    give the same features as [0, 1] ones (up to the norm's epsilon).
 
     Raises:
         ValueError: wrong number of dimensions, batch size or channels.
@@ -238,10 +299,7 @@ def prepare_image(image: Tensor, what: str = "image") -> Tensor:
         )
     if not image.is_floating_point():
         return image.float() / 255.0
-    image = image.float()
-    if image.numel() and float(image.max()) > 1.0:
-        image = image / 255.0
-    return image
+    return image.float()
 
 
 def check_min_size(height: int, width: int, min_side: float, what: str) -> None:
@@ -265,14 +323,10 @@ def resize_to_multiple_of_32(image: Tensor) -> tuple[Tensor, tuple[float, float]
     h32, w32 = (height // 32) * 32, (width // 32) * 32
     if h32 == 0 or w32 == 0:
         check_min_size(height, width, 32, "An image")
+    if (h32, w32) == (height, width):  # bilinear to the same size is the identity
+        return image, (1.0, 1.0)
     resized = F.interpolate(image, (h32, w32), mode="bilinear", align_corners=False)
     return resized, (width / w32, height / h32)
-
-
-def _run_net(net: XFeatNet, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    if net.channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    return net(image)
 
 
 # --------------------------------------------------------------------------
@@ -281,25 +335,54 @@ def _run_net(net: XFeatNet, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def keypoint_heatmap(logits: Tensor) -> Tensor:
-    """``B x 65 x h x w`` logits -> ``B x 1 x 8h x 8w`` heatmap.
+    """``B x 65 x h x w`` logits -> the official ``B x 1 x 8h x 8w`` heatmap.
 
     Softmax over the 65 channels, drop the dustbin, pixel-shuffle the 64 others.
+    (Reference only: :func:`detect_keypoints` reads the same values without
+    building it.)
     """
     probabilities = torch.softmax(logits, dim=1)[:, :64]
     return F.pixel_shuffle(probabilities, 8)
 
 
-def nms_mask(heatmap: Tensor, threshold: float = 0.05, kernel_size: int = 5) -> Tensor:
-    """Positions equal to the maximum of their ``k x k`` window and > threshold.
+def detect_keypoints(
+    logits: Tensor, threshold: float = 0.05, kernel_size: int = 5
+) -> tuple[Tensor, Tensor]:
+    """The official XFeat detections, read from ``1 x 65 x h x w`` logits.
 
-    Same result as the official ``MaxPool2d(k, stride=1, padding=k // 2)``
-    comparison (the window is clipped at the border), computed as two 1-D max
-    pools, which is exact since max is.
+    The official detector builds the heatmap of :func:`keypoint_heatmap`
+    (8h x 8w; pixel ``(8 j + dx, 8 i + dy)`` is channel ``8 dy + dx`` of cell
+    ``(i, j)``) and keeps the pixels above ``threshold`` that equal the
+    maximum of their ``k x k`` window clipped at the border (``MaxPool2d(k, 1,
+    k // 2)``). Here only the pixels above the threshold read their window,
+    straight from the cell probabilities; clamping the window's indices to the
+    image repeats pixels of the clipped window, which leaves its maximum
+    unchanged, so the set is the same.
+
+    Returns:
+        ``positions`` N x 2 int64 ``(x, y)`` in the 8h x 8w image, and ``heat``
+        N, the heatmap value there as the official code reads it (nearest
+        sampling with its grid, which reads 0 on the last row and column).
     """
-    pad = kernel_size // 2
-    local_max = F.max_pool2d(heatmap, (1, kernel_size), stride=1, padding=(0, pad))
-    local_max = F.max_pool2d(local_max, (kernel_size, 1), stride=1, padding=(pad, 0))
-    return (heatmap == local_max) & (heatmap > threshold)
+    _, _, h, w = logits.shape
+    height, width = 8 * h, 8 * w
+    probabilities = torch.softmax(logits[0].permute(1, 2, 0), dim=-1).contiguous()
+    cy, cx, channel = torch.nonzero(probabilities[..., :64] > threshold).unbind(1)
+    ys = cy * 8 + channel // 8
+    xs = cx * 8 + channel % 8
+    flat = probabilities.view(-1)
+    heat = flat[(cy * w + cx) * 65 + channel]
+    r = kernel_size // 2
+    offsets = torch.arange(-r, r + 1, device=logits.device)
+    wy = (ys[:, None] + offsets).clamp_(0, height - 1)
+    wx = (xs[:, None] + offsets).clamp_(0, width - 1)
+    row_index = (wy // 8) * (w * 65) + (wy % 8) * 8
+    col_index = (wx // 8) * 65 + wx % 8
+    window = flat[(row_index[:, :, None] + col_index[:, None, :]).flatten(1)]
+    keep = window.amax(dim=1) == heat
+    xs, ys, heat = xs[keep], ys[keep], heat[keep]
+    heat = torch.where((xs == width - 1) | (ys == height - 1), 0.0, heat)
+    return torch.stack([xs, ys], dim=-1), heat
 
 
 def sample_map(
@@ -308,13 +391,13 @@ def sample_map(
     """Sample a ``1 x C x h x w`` map at ``N x 2`` pixel positions of an image.
 
     Uses the official XFeat sampling (grid ``2 p / (W - 1) - 1`` read with
-    ``align_corners=False``), which the trained weights expect. Returns N x C.
+    ``align_corners=False``), which the trained weights expect. Returns C x N.
     """
     scale = positions.new_tensor([width - 1, height - 1], dtype=torch.float32)
     grid = 2.0 * (positions.float() / scale) - 1.0
     grid = grid.to(feature_map.dtype)[None, :, None, :]
     sampled = F.grid_sample(feature_map, grid, mode=mode, align_corners=False)
-    return sampled[0, :, :, 0].t()
+    return sampled[0, :, :, 0]
 
 
 def detect_and_describe(
@@ -330,24 +413,21 @@ def detect_and_describe(
 
     Returns:
         ``keypoints`` N x 2 (x, y) in the input image's pixels (pixel centres at
-        integer coordinates), ``descriptors`` N x 64 L2-normalised, ``scores``
-        N (heatmap value x reliability, in (0, 1], sorted in decreasing order).
+        integer coordinates), ``descriptors`` 64 x N (hloc's layout),
+        L2-normalised, ``scores`` N (heatmap value x reliability, in (0, 1],
+        in decreasing order).
     """
     resized, (sx, sy) = resize_to_multiple_of_32(image)
     height, width = resized.shape[-2:]
-    descriptors, logits, reliability = _run_net(net, resized)
-    heatmap = keypoint_heatmap(logits)
-    positions = nms_mask(heatmap, threshold)[0, 0].nonzero().flip(-1)  # (x, y)
-    scores = sample_map(heatmap, positions, height, width, "nearest")[:, 0]
-    scores = (
-        scores * sample_map(reliability, positions, height, width, "bilinear")[:, 0]
-    )
-    scores, order = torch.topk(scores, min(top_k, scores.numel()), sorted=True)
-    valid = scores > 0
-    scores, positions = scores[valid], positions[order[valid]]
+    descriptors, logits, reliability = net(resized)
+    positions, heat = detect_keypoints(logits, threshold)
+    reliability = sample_map(reliability, positions, height, width, "bilinear")[0]
+    scores, order = torch.sort(heat * reliability, descending=True, stable=True)
+    keep = order[:top_k][scores[:top_k] > 0]
+    scores, positions = scores[: len(keep)], positions[keep]
     descriptors = F.normalize(descriptors, dim=1)
     descriptors = sample_map(descriptors, positions, height, width, "bicubic")
-    descriptors = F.normalize(descriptors, dim=-1)
+    descriptors = F.normalize(descriptors, dim=0)
     scale = positions.new_tensor([sx, sy], dtype=torch.float32)
     keypoints = (positions.float() + 0.5) * scale - 0.5
     return {"keypoints": keypoints, "descriptors": descriptors, "scores": scores}
@@ -376,7 +456,7 @@ def dense_features_at_scale(
         image, scale_factor=scale, mode="bilinear", align_corners=False
     )
     resized, (rx, ry) = resize_to_multiple_of_32(scaled)
-    descriptors, _, reliability = _run_net(net, resized)
+    descriptors, _, reliability = net(resized)
     _, channels, h, w = descriptors.shape
     reliability = reliability.reshape(-1)
     k = h * w if top_k < 1 else min(top_k, h * w)
