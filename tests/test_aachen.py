@@ -71,6 +71,7 @@ def _assert_accurate(result: aachen.AachenResult, dataset) -> None:
     report = validate_results(result.results, list(dataset.queries))
     assert report.ok, report.summary()
     for name, (dt, dr) in _errors(result.results, dataset.queries).items():
+        print(f"{result.results.name} {name}: {dt * 1000:.1f} mm, {dr:.3f} deg")
         assert dt < MAX_POSITION_ERROR and dr < MAX_ROTATION_ERROR, (name, dt, dr)
 
 
@@ -279,6 +280,7 @@ def test_v1_0_pipeline_resumes_after_kill(mini_v10, tmp_path) -> None:
     results = outputs / "Aachen_hloc_xfeat+mnn_xfeat-global3.txt"
     assert validate_results(results, list(mini_v10.queries)).ok
     for name, (dt, dr) in _errors(results, mini_v10.queries).items():
+        print(f"{results.name} {name}: {dt * 1000:.1f} mm, {dr:.3f} deg")
         assert dt < MAX_POSITION_ERROR and dr < MAX_ROTATION_ERROR, (name, dt, dr)
     # a third run does no work at all
     assert cli_main(argv) == 0
@@ -287,16 +289,30 @@ def test_v1_0_pipeline_resumes_after_kill(mini_v10, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_reference_model_without_points(mini_aachen, tmp_path, log_lines) -> None:
+    """Database pairs come from the poses; the query pairs from a given file
+    (with lines for other images, which are dropped)."""
     dataset = mini.without_points(mini_aachen, tmp_path / "no_points")
     model = pycolmap.Reconstruction(dataset.root / "3D-models" / "aachen_v_1_1")
     assert model.num_points3D() == 0 and model.num_reg_images() == 8
+    given = tmp_path / "pairs-query-given2.txt"
+    near = {
+        "0002": ("0001", "0003"),
+        "0005": ("0004", "0006"),
+        "0008": ("0007", "0009"),
+    }
+    lines = [f"{q} db/{n}.jpg" for q in dataset.queries for n in near[Path(q).stem]]
+    lines += ["query/day/other/x.jpg db/0001.jpg", f"{lines[0].split()[0]} db/9.jpg"]
+    given.write_text("\n".join(lines) + "\n")
     result = aachen.run(
         dataset.root, tmp_path / "outputs", version="1.1", method="xfeat+mnn",
-        num_covis=4, num_loc=3, device="cpu",
+        num_covis=4, retrieval_pairs=given, device="cpu",
     )  # fmt: skip
     assert any(
         "has no 3D points" in line and "camera poses" in line for line in log_lines
     )
+    assert any("1 queries that are not in the query lists" in ln for ln in log_lines)
+    assert any("1 images that are not in the reference model" in ln for ln in log_lines)
+    assert result.results.name == "Aachen-v1.1_hloc_xfeat+mnn_given2.txt"
     pairs = [
         line.split()
         for line in (tmp_path / "outputs" / "pairs-db-covis4.txt")
@@ -306,6 +322,17 @@ def test_reference_model_without_points(mini_aachen, tmp_path, log_lines) -> Non
     assert {a for a, _ in pairs} == set(dataset.db_names)  # every image paired
     assert 8 * 3 <= len(pairs) <= 8 * 4
     _assert_accurate(result, dataset)
+
+
+def test_given_pairs_for_another_dataset(mini_aachen, tmp_path) -> None:
+    (tmp_path / "p.txt").write_text("query/night/a.jpg db/1.jpg\n")
+    with pytest.raises(DatasetLayoutError, match="has no pair of a query"):
+        aachen.filter_pairs_file(
+            tmp_path / "p.txt",
+            tmp_path / "out.txt",
+            list(mini_aachen.queries),
+            set(mini_aachen.db_names),
+        )
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ completes the job):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import struct
@@ -357,7 +358,8 @@ def database_pairs(
 
     def write(tmp: Path) -> None:
         if reference.num_points3D() > 0:
-            pairs_from_covisibility.main(model_path, tmp, num_matched=num)
+            with contextlib.suppress(EmptyResultError):  # no covisible images
+                pairs_from_covisibility.main(model_path, tmp, num_matched=num)
             if tmp.is_file() and tmp.read_text().strip():
                 return
             logger.warning(
@@ -389,30 +391,45 @@ def database_pairs(
     return _atomic_pairs(output, write, overwrite)
 
 
-def check_pairs_file(
-    path: Path, queries: list[str], db_names: set[str]
-) -> dict[str, list[str]]:
-    """Check a given retrieval pairs file against the queries and the database."""
+def filter_pairs_file(
+    path: Path, output: Path, queries: list[str], db_names: set[str]
+) -> Path:
+    """Copy the pairs of a given retrieval file that join a query of the lists to
+    an image of the reference model into ``output``; what is dropped is logged.
+
+    Raises:
+        DatasetLayoutError: no pair is left (the file is for another dataset).
+    """
     retrieval = parse_retrieval(path)
-    unknown_q = sorted(set(retrieval) - set(queries))
+    known_q = set(queries)
+    kept = [
+        (q, r)
+        for q, rs in retrieval.items()
+        if q in known_q
+        for r in rs
+        if r in db_names
+    ]
+    unknown_q = sorted(set(retrieval) - known_q)
     unknown_db = sorted({r for rs in retrieval.values() for r in rs} - db_names)
-    if unknown_q or unknown_db:
+    if not kept:
         raise DatasetLayoutError(
-            f"The retrieval pairs file {path} does not fit this dataset: "
-            + (
-                f"{len(unknown_q)} unknown queries ({_examples(unknown_q)}) "
-                if unknown_q
-                else ""
-            )
-            + (
-                f"{len(unknown_db)} images not in the reference model "
-                f"({_examples(unknown_db)}) "
-                if unknown_db
-                else ""
-            )
-            + "(lines must be 'query_name db_name' with names relative to "
-            "images_upright, from the same dataset version)."
+            f"The retrieval pairs file {path} has no pair of a query of the query "
+            "lists and an image of the reference model: lines must be "
+            "'query_name db_name' with names relative to images_upright, from the "
+            "same dataset version."
         )
+    for count, what, names in (
+        (len(unknown_q), "queries that are not in the query lists", unknown_q),
+        (len(unknown_db), "images that are not in the reference model", unknown_db),
+    ):
+        if count:
+            logger.warning(
+                "%s names %d %s; their pairs are ignored: %s",
+                path,
+                count,
+                what,
+                _examples(names),
+            )
     without = [q for q in queries if q not in retrieval]
     if without:
         logger.warning(
@@ -421,7 +438,7 @@ def check_pairs_file(
             path,
             _examples(without),
         )
-    return retrieval
+    return write_pairs(output, kept)
 
 
 def run(
@@ -603,8 +620,12 @@ def run(
     # Retrieval pairs for the queries.
     tag = retrieval_tag(retrieval, num_loc, retrieval_pairs)
     if retrieval_pairs is not None:
-        loc_pairs = Path(retrieval_pairs)
-        check_pairs_file(loc_pairs, layout.queries, set(db_names))
+        loc_pairs = filter_pairs_file(
+            Path(retrieval_pairs),
+            outputs / f"pairs-query-{tag}.txt",
+            layout.queries,
+            set(db_names),
+        )
     else:
         loc_pairs = outputs / f"pairs-query-{tag}.txt"
         timer.run(
