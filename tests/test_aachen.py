@@ -250,14 +250,26 @@ def test_v1_0_pipeline_dense(mini_v10, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_v1_0_pipeline_resumes_after_kill(mini_v10, tmp_path) -> None:
+def test_v1_0_pipeline_resumes_after_kill(
+    mini_v10, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Kill the CLI once the features are written; a rerun finishes the job
-    without extracting again, and localizes every query."""
+    without extracting again, and localizes every query. Retrieval: NetVLAD with
+    weights (synthetic, same structure as hloc's) where hloc keeps them; all 8
+    database images are retrieved, so the untrained network does not matter."""
+    from test_retrieval import write_synthetic_netvlad_mat
+
+    torch_home = tmp_path / "torch"
+    (torch_home / "hub" / "netvlad").mkdir(parents=True)
+    write_synthetic_netvlad_mat(
+        torch_home / "hub" / "netvlad" / "VGG16-NetVLAD-Pitts30K.mat"
+    )
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
     outputs = tmp_path / "outputs"
     argv = [
         "aachen", "--version", "1.0", "--dataset", str(mini_v10.root),
-        "--outputs", str(outputs), "--method", "xfeat+mnn", "--num-loc", "3",
-        "--device", "cpu",
+        "--outputs", str(outputs), "--method", "xfeat+mnn", "--num-loc", "8",
+        "--retrieval", "netvlad", "--device", "cpu",
     ]  # fmt: skip
     features = outputs / "feats-xfeat-n4096-r1600.h5"
     process = subprocess.Popen(
@@ -277,8 +289,9 @@ def test_v1_0_pipeline_resumes_after_kill(mini_v10, tmp_path) -> None:
     stamp = features.stat().st_mtime_ns
     assert cli_main(argv) == 0
     assert features.stat().st_mtime_ns == stamp  # nothing extracted again
-    results = outputs / "Aachen_hloc_xfeat+mnn_xfeat-global3.txt"
+    results = outputs / "Aachen_hloc_xfeat+mnn_netvlad8.txt"
     assert validate_results(results, list(mini_v10.queries)).ok
+    assert (outputs / "global-feats-netvlad.h5").is_file()
     for name, (dt, dr) in _errors(results, mini_v10.queries).items():
         print(f"{results.name} {name}: {dt * 1000:.1f} mm, {dr:.3f} deg")
         assert dt < MAX_POSITION_ERROR and dr < MAX_ROTATION_ERROR, (name, dt, dr)
