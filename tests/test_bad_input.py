@@ -223,6 +223,7 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_resume_after_kill(sacre_coeur_dir: Path, tmp_path: Path) -> None:
     """SIGKILL an extraction mid-run: the file stays readable, finished parts
     are kept, and a rerun extracts only the rest."""
