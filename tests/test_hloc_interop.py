@@ -16,29 +16,36 @@ import h5py
 import numpy as np
 import pytest
 
-hloc = pytest.importorskip(
-    "hloc",
-    reason="hloc is not installed (pip install "
-    "git+https://github.com/cvg/Hierarchical-Localization to run these tests)",
-)
-
-import xfeat_hloc  # noqa: E402
-from xfeat_hloc import (  # noqa: E402
+import xfeat_hloc
+from xfeat_hloc import (
     extract_features,
     hloc_plugin,
     match_features,
     pairs_from_covisibility,
     pairs_from_exhaustive,
 )
-from xfeat_hloc.utils.io import get_keypoints, get_matches  # noqa: E402
-from xfeat_hloc.utils.parsers import parse_pairs  # noqa: E402
+from xfeat_hloc.utils.io import get_keypoints, get_matches
+from xfeat_hloc.utils.parsers import parse_pairs
 
 pytestmark = pytest.mark.hloc
 NUM_IMAGES = 4
 
 
+def test_register_without_hloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs with or without hloc: hloc is hidden from the import system."""
+    monkeypatch.setitem(sys.modules, "hloc", None)
+    with pytest.raises(ImportError, match="pip install git\\+https://github.com/cvg"):
+        xfeat_hloc.register()
+
+
 @pytest.fixture(scope="module")
 def report() -> dict:
+    """What register() did; skips every test that needs hloc when it is absent."""
+    pytest.importorskip(
+        "hloc",
+        reason="hloc is not installed (pip install "
+        "git+https://github.com/cvg/Hierarchical-Localization to run these tests)",
+    )
     return xfeat_hloc.register()
 
 
