@@ -164,3 +164,20 @@ def test_cli_match(
     feats = str(export_dir / "feats.h5")
     assert cli_main(["match", "--pairs", str(pairs), "--features", feats]) == 0
     assert (export_dir / "feats_matches-xfeat-mnn_pairs-cli.h5").exists()
+
+
+def test_old_pair_names_are_read_and_skipped(
+    export_dir: Path, names: list[str]
+) -> None:
+    """hloc's old files name pairs ``a_b``: read in both orders, not rematched."""
+    a, b = names[0], names[3]
+    pairs = write_pairs(export_dir / "pairs-old.txt", [(a, b)])
+    new = export_dir / "new-format.h5"
+    match_features.match(CONF, pairs, new, export_dir / "feats.h5")
+    old = export_dir / "old-format.h5"
+    with h5py.File(new, "r") as src, h5py.File(old, "w") as dst:
+        src.copy(src[names_to_pair(a, b)], dst, name=f"{a}_{b}")
+    np.testing.assert_array_equal(get_matches(old, b, a)[0], get_matches(new, b, a)[0])
+    write_pairs(pairs, [(b, a)])
+    summary = match_features.match(CONF, pairs, old, export_dir / "feats.h5")
+    assert (summary.matched, summary.already_done) == (0, 1)
