@@ -21,6 +21,7 @@ import copy
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -34,18 +35,31 @@ from xfeat_hloc.utils.parsers import write_pairs
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
 
-# name: (resize_max, refine, cell_size, max_error, max_kps)
-VARIANTS: dict[str, tuple[int, bool, float, float, int | None]] = {
-    "hloc-like c8 e2": (1600, True, 8, 2, 8192),
-    "c4 e1": (1600, True, 4, 1, 8192),
-    "c2 e1": (1600, True, 2, 1, 8192),
-    "c1 e0.5": (1600, True, 1, 0.5, 8192),
-    "c1 e0.5 all": (1600, True, 1, 0.5, None),
-    "c2 e1 16k": (1600, True, 2, 1, 16384),
-    "c8 e2 no-refine": (1600, False, 8, 2, 8192),
-    "c2 e1 no-refine": (1600, False, 2, 1, 8192),
-    "c2 e1 r1024": (1024, True, 2, 1, 8192),
-    "c4 e1 r1024": (1024, True, 4, 1, 8192),
+# name: (resize_max, refine, cell_size, max_error, max_kps, min_score); cell 0:
+# no cells, every distinct point is a keypoint (points that coincide across
+# pairs merge); min_score drops per-pair matches of lower refinement confidence
+# (as the model's fine_conf would).
+VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
+    "hloc-like c8 e2": (1600, True, 8, 2, 8192, 0),
+    "c4 e1": (1600, True, 4, 1, 8192, 0),
+    "c2 e1": (1600, True, 2, 1, 8192, 0),
+    "c1 e0.5": (1600, True, 1, 0.5, 8192, 0),
+    "c1 e0.5 all": (1600, True, 1, 0.5, None, 0),
+    "c2 e1 16k": (1600, True, 2, 1, 16384, 0),
+    "exact e0.5 all": (1600, True, 0, 0.5, None, 0),
+    "exact e0.5 16k": (1600, True, 0, 0.5, 16384, 0),
+    "c8 e3": (1600, True, 8, 3, 8192, 0),
+    "c8 e4": (1600, True, 8, 4, 8192, 0),
+    "c16 e4": (1600, True, 16, 4, 8192, 0),
+    "c8 e2 4k": (1600, True, 8, 2, 4096, 0),
+    "c8 e2 16k": (1600, True, 8, 2, 16384, 0),
+    "c8 e2 s0.5": (1600, True, 8, 2, 8192, 0.5),
+    "c8 e2 s0.7": (1600, True, 8, 2, 8192, 0.7),
+    "c8 e2 no-refine": (1600, False, 8, 2, 8192, 0),
+    "c2 e1 no-refine": (1600, False, 2, 1, 8192, 0),
+    "c8 e2 r1024": (1024, True, 8, 2, 8192, 0),
+    "c2 e1 r1024": (1024, True, 2, 1, 8192, 0),
+    "c4 e1 r1024": (1024, True, 4, 1, 8192, 0),
 }
 
 
@@ -85,8 +99,16 @@ def run_sparse(out: Path, image_dir: Path, names: list[str], pairs: Path) -> dic
 def evaluate(out: Path, tag: str, image_dir, pairs, features, matches, gt) -> dict:
     timings: dict[str, float] = {}
     tic = time.perf_counter()
+    # one shared camera (all Strecha images have the same K), principal point
+    # refined: the setting of the sparse measurements in DESIGN.md
     rec = reconstruction.main(
-        out / f"sfm-{tag}", image_dir, pairs, features, matches, timings=timings
+        out / f"sfm-{tag}",
+        image_dir,
+        pairs,
+        features,
+        matches,
+        camera_mode="SINGLE",
+        timings=timings,
     )
     seconds = time.perf_counter() - tic
     ev = evaluate_reconstruction(rec, gt)
@@ -144,7 +166,7 @@ def main() -> None:
             )
     match_seconds: dict[tuple, float] = {}
     for name in args.variants:
-        resize_max, refine, cell, max_error, max_kps = VARIANTS[name]
+        resize_max, refine, cell, max_error, max_kps, min_score = VARIANTS[name]
         conf = copy.deepcopy(get_conf("xfeat_star", "dense matcher"))
         conf["preprocessing"]["resize_max"] = resize_max
         conf.update(cell_size=cell, max_error=max_error)
@@ -155,6 +177,8 @@ def main() -> None:
             tic = time.perf_counter()
             _match_only(conf, refine, pairs, image_dir, matches)
             match_seconds[key] = time.perf_counter() - tic
+        if min_score:
+            matches = _filtered(matches, min_score)
         for r in range(args.repeat):
             tag = f"{name.replace(' ', '_')}-{r}"
             features = args.out / f"features-{tag}.h5"
@@ -169,8 +193,6 @@ def main() -> None:
                 max_kps=max_kps,
             )
             agg = time.perf_counter() - tic
-            import h5py
-
             with h5py.File(features) as fd:
                 kps = np.mean([fd[n]["keypoints"].shape[0] for n in fd])
             res = evaluate(args.out, tag, image_dir, pairs, features, matches, cameras)
@@ -181,6 +203,26 @@ def main() -> None:
                 f"{match_seconds[key]:>7.0f} {agg:>6.1f} {res['sfm_s']:>6.0f}",
                 flush=True,
             )
+
+
+def _filtered(raw: Path, min_score: float) -> Path:
+    """A copy of raw per-pair matches keeping those with score > min_score."""
+    out = raw.with_name(f"{raw.stem}-s{min_score}.h5")
+    if out.exists():
+        return out
+    with h5py.File(raw) as src, h5py.File(out, "w") as dst:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "scores" in obj:
+                keep = obj["scores"][()] > min_score
+                grp = dst.create_group(name)
+                for key in ("keypoints0", "keypoints1", "scores"):
+                    grp.create_dataset(key, data=obj[key][()][keep])
+                    for attr, value in obj[key].attrs.items():
+                        grp[key].attrs[attr] = value
+
+        src.visititems(visit)
+    return out
 
 
 def _match_only(conf, refine: bool, pairs: Path, image_dir: Path, matches: Path):

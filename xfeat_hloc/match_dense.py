@@ -295,6 +295,8 @@ class _PairMatcher:
         self.cache = _LRU(float(conf["cache_mb"]) * 2**20)
         self.sizes: dict[str, tuple[int, int]] = {}
         self.too_small: dict[str, str] = {}  # name -> why
+        # (W, H) and source file of images whose keypoints are given
+        self.expected_sizes: dict[str, tuple[tuple[int, int], Path]] = {}
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: dict[str, Future] = {}
 
@@ -316,6 +318,13 @@ class _PairMatcher:
             future = self.pending.pop(name, None)
             array, scale, size = future.result() if future else self._load(name)
             self.sizes[name] = size
+            expected = self.expected_sizes.get(name)
+            if expected is not None and tuple(expected[0]) != tuple(size):
+                raise UserError(
+                    f"{expected[1]} says image {name!r} is {tuple(expected[0])} "
+                    f"(W, H) but the image is {size}: those features were made "
+                    "from other images. Use the features of these images."
+                )
             return {"array": array, "scale": scale, "size": size}
 
         return self.cache.get(("img", name), make, _nbytes)
@@ -377,6 +386,7 @@ def match_pairs(
     fixed: set[str],
     device: torch.device,
     overwrite: bool = False,
+    keypoint_files: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Pass 1: raw per-pair points into the matches file (resumable).
 
@@ -393,6 +403,7 @@ def match_pairs(
         Model = dynamic_load(matchers, conf["model"]["name"])
         model = Model(conf["model"]).eval().to(device)
         runner = _PairMatcher(model, conf, image_dir, device)
+        runner.expected_sizes = _stored_sizes(fixed, keypoint_files or {})
         try:
             for k, (name0, name1) in enumerate(tqdm(todo, desc="dense matching")):
                 if k + 1 < len(todo):
@@ -641,7 +652,16 @@ def main(
     new = set(names) - fixed
 
     # pass 1
-    match_pairs(conf, pair_list, image_dir, matches_path, fixed, device, overwrite)
+    match_pairs(
+        conf,
+        pair_list,
+        image_dir,
+        matches_path,
+        fixed,
+        device,
+        overwrite,
+        keypoint_files,
+    )
     groups = _group_datasets(matches_path)
 
     # pass 2
@@ -672,6 +692,24 @@ def main(
     stats = assign_matches(conf, todo, matches_path, keypoint_files, fixed)
     _report(conf, pair_list, todo, stats, counts, fixed, keypoint_files)
     return features_path, matches_path
+
+
+def _stored_sizes(
+    names: set[str], files: dict[str, Path]
+) -> dict[str, tuple[tuple[int, int], Path]]:
+    """``image_size`` (W, H) stored for ``names`` in their features files."""
+    sizes = {}
+    by_file: dict[Path, list[str]] = defaultdict(list)
+    for name in names:
+        if name in files:
+            by_file[files[name]].append(name)
+    for path, group in by_file.items():
+        with h5py.File(str(path), "r") as fd:
+            for name in group:
+                if "image_size" in fd[name]:
+                    size = tuple(int(v) for v in fd[name]["image_size"][()])
+                    sizes[name] = (size, path)
+    return sizes
 
 
 def _check_reference_sizes(
