@@ -7,11 +7,12 @@ streaming over the h5 files (memory does not grow with the number of pairs):
 
 1. **match**: every pair is matched on its preprocessed images (``grayscale``,
    ``resize_max``, sides made multiples of ``dfactor``); the points, mapped back
-   to original pixels, are stored as the raw per-pair ``keypoints0``,
-   ``keypoints1``, ``scores`` of the pair's group in the matches file, like hloc
-   does. Per-image features are computed once per image where the model allows
-   it (``extract_dense`` / ``match_dense_features``) and kept in an LRU cache
-   bounded in memory (conf ``cache_mb``).
+   to original pixels (matches with a point off the image dropped), are stored
+   as the raw per-pair ``keypoints0``, ``keypoints1``, ``scores`` of the pair's
+   group in the matches file, like hloc does. Per-image features are computed
+   once per image where the model allows it (``extract_dense`` /
+   ``match_dense_features``) and kept in an LRU cache bounded in memory (conf
+   ``cache_mb``).
 2. **aggregate**, image by image: the image's points from all its pairs vote
    into cells (see :mod:`xfeat_hloc.utils.aggregation`), giving its keypoints
    (features file: ``keypoints`` (N, 2) float32, ``scores``, ``image_size``
@@ -118,6 +119,12 @@ def preprocess(
 def to_original(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Resized-image pixels to original pixels (pixel centres at integers)."""
     return ((points.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Which ``(N, 2)`` points lie on a ``(W, H)`` image (pixel edges included)."""
+    upper = np.array(size, np.float32) - 0.5
+    return np.all((points >= -0.5) & (points <= upper), axis=1)
 
 
 class _LRU:
@@ -417,6 +424,9 @@ def match_pairs(
                     scores = np.zeros(0, np.float32)
                 kp0, kp1 = (kp_b, kp_a) if flip else (kp_a, kp_b)
                 size0, size1 = runner.sizes[name0], runner.sizes[name1]
+                # a refinement may push a point off the image: drop such matches
+                keep = inside(kp0, size0) & inside(kp1, size1)
+                kp0, kp1, scores = kp0[keep], kp1[keep], scores[keep]
                 writer.write(
                     names_to_pair(name0, name1),
                     {"keypoints0": kp0, "keypoints1": kp1, "scores": scores},
@@ -775,6 +785,13 @@ def _report(
     snapped = sum(stats["snapped"].values())
     points = sum(stats["points"].values())
     foreign = ""
+    if points:
+        logger.info(
+            "Reference images: %.1f%% of their dense points lie within "
+            "max_error=%s px of their keypoints.",
+            100 * snapped / points,
+            conf["max_error"],
+        )
     if points and snapped < MIN_SNAP_RATE * points:
         worst = min(
             stats["points"],
