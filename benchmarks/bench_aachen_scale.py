@@ -261,7 +261,7 @@ def main() -> int:
         if "codebook_s" in out:
             print(f"{'vlad codebook':18s} {out['codebook_s']:9.1f} s once")
         print(
-            f"{step:18s} {per_unit * 1000:9.1f} ms/{unit:<5s} "
+            f"{step:18s} {per_unit * 1000:9.3g} ms/{unit:<5s} "
             f"{out['peak_rss_mb']:7.0f} MB "
             f"{count:9d} {total_h:9.1f} h"
         )
