@@ -1,13 +1,18 @@
 """Exact mutual nearest neighbours on descriptors (XFeat's matcher).
 
-The similarity matrix is computed once, in chunks of rows that stay in cache
-and bound memory; each chunk gives the best match of its rows and updates the
-best value of every column. A row is a mutual candidate when its best value is
-also the best of its column. The column winners of the candidates' columns are
-then recomputed the other way round (descriptors1 x descriptors0, as the
-official code does), where ``torch.max`` gives the first index on ties. So the
-matches are those of the official ``XFeat.match(..., min_cossim=-1)``, ties
-included, at about a third of its cost.
+Three passes over the similarity matrix, each in chunks of rows that bound
+memory (and stay below the C allocator's recycling size):
+
+1. ``descriptors0 @ descriptors1.T``: the best value of every row and column
+   (``amax``, which is much cheaper than ``max`` with indices). A row can only
+   be mutual if its best value is also some column's best value.
+2. those rows again, with ``torch.max``: their best column (first on ties).
+3. ``descriptors1 @ descriptors0.T`` for those columns (as the official code
+   computes it): the best row of each (first on ties).
+
+A row is matched when its best column's best row is itself: the matches of the
+official ``XFeat.match(..., min_cossim=-1)``, ties included, for about 1.3
+matrix products instead of its two plus two indexed maxima.
 """
 
 from __future__ import annotations
@@ -25,24 +30,44 @@ from ..utils.base_model import BaseModel
 CHUNK_ELEMENTS = 7 << 20
 
 
-def _row_best(
-    rows: Tensor, columns_t: Tensor, chunk_elements: int, with_columns: bool = True
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Best value and first best index of each row of ``rows @ columns_t``, and
-    (if ``with_columns``) the best value of each column, chunk by chunk."""
+def _row_steps(n_rows: int, n_columns: int, chunk_elements: int) -> range:
+    step = max(1, min(n_rows, chunk_elements // max(n_columns, 1)))
+    return range(0, n_rows, step)
+
+
+def _row_and_column_max(
+    rows: Tensor, columns_t: Tensor, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Best value of each row and of each column of ``rows @ columns_t``."""
     n0, n1 = rows.shape[0], columns_t.shape[1]
-    step = max(1, min(n0, chunk_elements // max(n1, 1)))
-    buffer = rows.new_empty(step, n1)
+    steps = _row_steps(n0, n1, chunk_elements)
+    buffer = rows.new_empty(min(steps.step, n0), n1)
+    row_max = rows.new_empty(n0)
+    column_max = rows.new_full((n1,), -torch.inf)
+    for start in steps:
+        stop = min(start + steps.step, n0)
+        sim = torch.mm(rows[start:stop], columns_t, out=buffer[: stop - start])
+        torch.amax(sim, dim=1, out=row_max[start:stop])
+        torch.maximum(column_max, sim.amax(dim=0), out=column_max)
+    return row_max, column_max
+
+
+def _row_argmax(
+    rows: Tensor, columns_t: Tensor, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Best value and first best column of each row of ``rows @ columns_t``."""
+    n0, n1 = rows.shape[0], columns_t.shape[1]
     best = rows.new_empty(n0)
     best_index = torch.empty(n0, dtype=torch.long, device=rows.device)
-    column_best = rows.new_full((n1,), -torch.inf) if with_columns else None
-    for start in range(0, n0, step):
-        stop = min(start + step, n0)
+    if n0 == 0:
+        return best, best_index
+    steps = _row_steps(n0, n1, chunk_elements)
+    buffer = rows.new_empty(min(steps.step, n0), n1)
+    for start in steps:
+        stop = min(start + steps.step, n0)
         sim = torch.mm(rows[start:stop], columns_t, out=buffer[: stop - start])
         torch.max(sim, dim=1, out=(best[start:stop], best_index[start:stop]))
-        if column_best is not None:
-            torch.maximum(column_best, sim.amax(dim=0), out=column_best)
-    return best, best_index, column_best
+    return best, best_index
 
 
 def mutual_nearest_neighbours(
@@ -71,22 +96,20 @@ def mutual_nearest_neighbours(
         return matches0, similarity0
     if descriptors0.dtype in (torch.float16, torch.bfloat16) and device.type == "cpu":
         descriptors0, descriptors1 = descriptors0.float(), descriptors1.float()
-    best, best_index, column_best = _row_best(
-        descriptors0, descriptors1.t().contiguous(), chunk_elements
+    descriptors0_t = descriptors0.t().contiguous()
+    descriptors1_t = descriptors1.t().contiguous()
+    row_max, column_max = _row_and_column_max(
+        descriptors0, descriptors1_t, chunk_elements
     )
-    # rows whose best value is also their column's best: only they can be mutual
-    candidates = torch.nonzero(best == column_best[best_index])[:, 0]
-    columns, inverse = torch.unique(best_index[candidates], return_inverse=True)
-    # first row reaching each of these columns' best, computed as descriptors1 x
-    # descriptors0 (like the reference), which settles ties by the lowest index
-    _, column_winner, _ = _row_best(
-        descriptors1[columns], descriptors0.t().contiguous(), chunk_elements, False
-    )
-    mutual = candidates[column_winner[inverse] == candidates]
+    rows = torch.nonzero(torch.isin(row_max, column_max))[:, 0]
+    best, best_index = _row_argmax(descriptors0[rows], descriptors1_t, chunk_elements)
+    columns, inverse = torch.unique(best_index, return_inverse=True)
+    _, winner = _row_argmax(descriptors1[columns], descriptors0_t, chunk_elements)
+    mutual = winner[inverse] == rows
     if min_similarity is not None:
-        mutual = mutual[best[mutual] > min_similarity]
-    matches0[mutual] = best_index[mutual]
-    similarity0[mutual] = best[mutual].float()
+        mutual &= best > min_similarity
+    matches0[rows[mutual]] = best_index[mutual]
+    similarity0[rows[mutual]] = best[mutual].float()
     return matches0, similarity0
 
 

@@ -66,8 +66,9 @@ class BasicLayer(nn.Module):
 
 
 class FusedConv(nn.Module):
-    """``conv(x)``, then ReLU if ``relu``: one oneDNN call for float32 on CPU
-    (the same kernel as ``nn.Conv2d`` there), the plain ops elsewhere."""
+    """``conv(x)`` (+ ``other``), then ReLU if ``relu``: one oneDNN call for
+    float32 on CPU (the kernel ``nn.Conv2d`` uses there), the plain ops elsewhere.
+    """
 
     def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
         super().__init__()
@@ -77,22 +78,31 @@ class FusedConv(nn.Module):
             torch.ops.mkldnn, "_convolution_pointwise"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
         conv = self.conv
         if self.mkldnn and x.device.type == "cpu" and x.dtype == torch.float32:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x,
-                conv.weight,
-                conv.bias,
-                conv.padding,
-                conv.stride,
-                conv.dilation,
-                conv.groups,
-                "relu" if self.relu else "none",
-                [],
-                "",
-            )
+            geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+            unary = "relu" if self.relu else "none"
+            if other is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, conv.weight, conv.bias, *geometry, unary, [], ""
+                )
+            if not self.relu:
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x,
+                    other,
+                    conv.weight,
+                    conv.bias,
+                    *geometry,
+                    "add",
+                    None,
+                    None,
+                    [],
+                    None,
+                )
         x = conv(x)
+        if other is not None:
+            x = x + other
         return F.relu(x, inplace=True) if self.relu else x
 
 
@@ -121,9 +131,8 @@ class XFeatNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        #: the keypoint head's first layer reads the 8 x 8 pixel blocks directly
-        #: (an 8 x 8 convolution of stride 8, see :func:`to_inference_form`)
-        self.keypoint_head_on_pixels = False
+        #: set by :func:`to_inference_form`
+        self.inference_form = False
         self.skip1 = nn.Sequential(nn.AvgPool2d(4, stride=4), nn.Conv2d(1, 24, 1))
         self.block1 = nn.Sequential(
             BasicLayer(1, 4, stride=1),
@@ -170,10 +179,19 @@ class XFeatNet(nn.Module):
         )
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = image.mean(dim=1, keepdim=True)
-        x = F.instance_norm(x, eps=1e-5)
-        x1 = self.block1(x)
-        x2 = self.block2(x1 + self.skip1(x))
+        if self.inference_form:
+            # instance_norm(sum / C, eps) == instance_norm(sum, eps * C^2): one
+            # division less over the image
+            channels = image.shape[1]
+            x = image.sum(dim=1, keepdim=True) if channels > 1 else image
+            x = F.instance_norm(x, eps=1e-5 * channels**2)
+            x1 = self.block1(x)
+            x2 = self.block2(self.skip1(x, x1))  # fused conv(x) + x1
+        else:
+            x = image.mean(dim=1, keepdim=True)
+            x = F.instance_norm(x, eps=1e-5)
+            x1 = self.block1(x)
+            x2 = self.block2(x1 + self.skip1(x))
         x3 = self.block3(x2)
         x4 = self.block4(x3)
         x5 = self.block5(x4)
@@ -182,7 +200,7 @@ class XFeatNet(nn.Module):
         x5 = F.interpolate(x5, size, mode="bilinear", align_corners=False)
         descriptors = self.block_fusion(x3 + x4 + x5)
         reliability = self.heatmap_head(descriptors)
-        if not self.keypoint_head_on_pixels:
+        if not self.inference_form:
             # 8 x 8 pixel blocks -> 64 channels, channel 8 * dy + dx
             x = F.pixel_unshuffle(x, 8)
         keypoint_logits = self.keypoint_head(x)
@@ -227,9 +245,20 @@ def to_inference_form(net: XFeatNet) -> XFeatNet:
     Same function up to float rounding: BatchNorms folded into the layers
     before them, each convolution + ReLU fused (oneDNN on CPU), the keypoint
     head's 1 x 1 convolution on unshuffled 8 x 8 blocks turned into an 8 x 8
-    convolution of stride 8 on the image, channels-last weights.
+    convolution of stride 8 on the image, the skip branch's 4 x 4 average pool
+    + 1 x 1 convolution turned into one 4 x 4 convolution of stride 4 fused
+    with the addition, channels-last weights.
     """
     fold_batchnorms(net)
+    pool, conv = net.skip1
+    size = pool.kernel_size
+    skip = nn.Conv2d(conv.in_channels, conv.out_channels, size, stride=pool.stride)
+    skip.weight = nn.Parameter(
+        (conv.weight.detach() / size**2).expand(-1, -1, size, size).clone(),
+        requires_grad=False,
+    )
+    skip.bias = conv.bias
+    net.skip1 = FusedConv(skip, relu=False)
     first = net.keypoint_head[0].layer[0]
     on_pixels = nn.Conv2d(1, first.out_channels, 8, stride=8)
     on_pixels.weight = nn.Parameter(
@@ -238,11 +267,11 @@ def to_inference_form(net: XFeatNet) -> XFeatNet:
     )
     on_pixels.bias = first.bias
     net.keypoint_head[0].layer[0] = on_pixels
-    net.keypoint_head_on_pixels = True
+    net.inference_form = True
     for module in list(net.modules()):
         if isinstance(module, BasicLayer):
             module.layer = FusedConv(module.layer[0], relu=True)
-    for block in (net.skip1, net.block_fusion, net.heatmap_head, net.keypoint_head):
+    for block in (net.block_fusion, net.heatmap_head, net.keypoint_head):
         for index, layer in enumerate(block):
             if type(layer) is nn.Conv2d:
                 block[index] = FusedConv(layer, relu=False)
@@ -335,51 +364,46 @@ def resize_to_multiple_of_32(image: Tensor) -> tuple[Tensor, tuple[float, float]
 
 
 def keypoint_heatmap(logits: Tensor) -> Tensor:
-    """``B x 65 x h x w`` logits -> the official ``B x 1 x 8h x 8w`` heatmap.
+    """``1 x 65 x h x w`` logits -> the ``8h x 8w`` keypoint heatmap.
 
-    Softmax over the 65 channels, drop the dustbin, pixel-shuffle the 64 others.
-    (Reference only: :func:`detect_keypoints` reads the same values without
-    building it.)
+    Softmax over the 65 channels, dustbin dropped, the other 64 pixel-shuffled:
+    pixel ``(8 j + dx, 8 i + dy)`` is channel ``8 dy + dx`` of cell ``(i, j)``.
     """
-    probabilities = torch.softmax(logits, dim=1)[:, :64]
-    return F.pixel_shuffle(probabilities, 8)
+    _, _, h, w = logits.shape
+    probabilities = torch.softmax(logits[0].permute(1, 2, 0), dim=-1)[..., :64]
+    return probabilities.reshape(h, w, 8, 8).permute(0, 2, 1, 3).reshape(8 * h, 8 * w)
+
+
+def window_max(heatmap: Tensor, kernel_size: int = 5) -> Tensor:
+    """Maximum of each pixel's ``k x k`` window, clipped at the border.
+
+    Two 1-D max pools (rows, then columns): bit-exact against the official
+    ``MaxPool2d(k, stride=1, padding=k // 2)``, since max is exact.
+    """
+    pad = kernel_size // 2
+    rows = F.max_pool1d(heatmap, kernel_size, stride=1, padding=pad)
+    return F.max_pool1d(rows.t(), kernel_size, stride=1, padding=pad).t()
 
 
 def detect_keypoints(
     logits: Tensor, threshold: float = 0.05, kernel_size: int = 5
 ) -> tuple[Tensor, Tensor]:
-    """The official XFeat detections, read from ``1 x 65 x h x w`` logits.
+    """The official XFeat detections from ``1 x 65 x h x w`` keypoint logits.
 
-    The official detector builds the heatmap of :func:`keypoint_heatmap`
-    (8h x 8w; pixel ``(8 j + dx, 8 i + dy)`` is channel ``8 dy + dx`` of cell
-    ``(i, j)``) and keeps the pixels above ``threshold`` that equal the
-    maximum of their ``k x k`` window clipped at the border (``MaxPool2d(k, 1,
-    k // 2)``). Here only the pixels above the threshold read their window,
-    straight from the cell probabilities; clamping the window's indices to the
-    image repeats pixels of the clipped window, which leaves its maximum
-    unchanged, so the set is the same.
+    Pixels of :func:`keypoint_heatmap` above ``threshold`` that equal the
+    maximum of their window (the official 5 x 5 NMS), in row-major order.
 
     Returns:
         ``positions`` N x 2 int64 ``(x, y)`` in the 8h x 8w image, and ``heat``
         N, the heatmap value there as the official code reads it (nearest
         sampling with its grid, which reads 0 on the last row and column).
     """
-    _, _, h, w = logits.shape
-    height, width = 8 * h, 8 * w
-    probabilities = torch.softmax(logits[0].permute(1, 2, 0), dim=-1).contiguous()
-    cy, cx, channel = torch.nonzero(probabilities[..., :64] > threshold).unbind(1)
-    ys = cy * 8 + channel // 8
-    xs = cx * 8 + channel % 8
-    flat = probabilities.view(-1)
-    heat = flat[(cy * w + cx) * 65 + channel]
-    r = kernel_size // 2
-    offsets = torch.arange(-r, r + 1, device=logits.device)
-    wy = (ys[:, None] + offsets).clamp_(0, height - 1)
-    wx = (xs[:, None] + offsets).clamp_(0, width - 1)
-    row_index = (wy // 8) * (w * 65) + (wy % 8) * 8
-    col_index = (wx // 8) * 65 + wx % 8
-    window = flat[(row_index[:, :, None] + col_index[:, None, :]).flatten(1)]
-    keep = window.amax(dim=1) == heat
+    heatmap = keypoint_heatmap(logits)
+    height, width = heatmap.shape
+    flat = heatmap.view(-1)
+    index = torch.nonzero(flat > threshold)[:, 0]
+    xs, ys, heat = index % width, index // width, flat[index]
+    keep = window_max(heatmap, kernel_size)[ys, xs] == heat
     xs, ys, heat = xs[keep], ys[keep], heat[keep]
     heat = torch.where((xs == width - 1) | (ys == height - 1), 0.0, heat)
     return torch.stack([xs, ys], dim=-1), heat
