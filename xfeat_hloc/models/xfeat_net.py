@@ -117,12 +117,13 @@ def _mlp_block(in_features: int, out_features: int) -> list[nn.Module]:
 class XFeatNet(nn.Module):
     """The XFeat backbone, its two heads and the refinement MLP.
 
-    ``forward(image)`` takes a ``B x C x H x W`` image with H, W multiples of 32
-    and returns, at 1/8 resolution:
+    ``forward(image, keypoints=True)`` takes a ``B x C x H x W`` image with H, W
+    multiples of 32 and returns, at 1/8 resolution:
 
     - ``descriptors`` ``B x 64 x H/8 x W/8``, dense, not normalised;
     - ``keypoint_logits`` ``B x 65 x H/8 x W/8``: channel ``8 * dy + dx`` of
-      cell ``(i, j)`` is pixel ``(8 j + dx, 8 i + dy)``, channel 64 the dustbin;
+      cell ``(i, j)`` is pixel ``(8 j + dx, 8 i + dy)``, channel 64 the dustbin
+      (None with ``keypoints=False``);
     - ``reliability`` ``B x 1 x H/8 x W/8`` in (0, 1).
 
     ``fine_matcher`` maps a concatenated pair of 64-d dense descriptors to 64
@@ -178,7 +179,9 @@ class XFeatNet(nn.Module):
             nn.Linear(512, 64),
         )
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, image: Tensor, keypoints: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         if self.inference_form:
             # instance_norm(sum / C, eps) == instance_norm(sum, eps * C^2): one
             # division less over the image
@@ -200,6 +203,8 @@ class XFeatNet(nn.Module):
         x5 = F.interpolate(x5, size, mode="bilinear", align_corners=False)
         descriptors = self.block_fusion(x3 + x4 + x5)
         reliability = self.heatmap_head(descriptors)
+        if not keypoints:  # XFeat* needs no keypoint head
+            return descriptors, None, reliability
         if not self.inference_form:
             # 8 x 8 pixel blocks -> 64 channels, channel 8 * dy + dx
             x = F.pixel_unshuffle(x, 8)
@@ -480,12 +485,13 @@ def dense_features_at_scale(
         image, scale_factor=scale, mode="bilinear", align_corners=False
     )
     resized, (rx, ry) = resize_to_multiple_of_32(scaled)
-    descriptors, _, reliability = net(resized)
+    descriptors, _, reliability = net(resized, keypoints=False)
     _, channels, h, w = descriptors.shape
     reliability = reliability.reshape(-1)
     k = h * w if top_k < 1 else min(top_k, h * w)
     _, cells = torch.topk(reliability, k)
-    descriptors = descriptors.reshape(channels, h * w).t()[cells]
+    # (h * w) x C: a free view of the channels-last map
+    descriptors = descriptors[0].permute(1, 2, 0).reshape(h * w, channels)[cells]
     corners = torch.stack([cells % w, cells // w], dim=-1).float() * 8
     factor = corners.new_tensor([rx / scale, ry / scale])
     keypoints = (corners + 0.5) * factor - 0.5
