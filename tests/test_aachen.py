@@ -242,10 +242,11 @@ def test_v1_0_pipeline_dense(mini_v10, tmp_path) -> None:
         version="1.0",
         method="xfeat_star",
         num_covis=3,
-        num_loc=3,
+        num_loc=2,
+        resize_max=768,  # XFeat* is the slow one on CPU
         device="cpu",
     )
-    assert result.results.name == "Aachen_hloc_xfeat_star_xfeat-global3.txt"
+    assert result.results.name == "Aachen_hloc_xfeat_star-r768_xfeat-global2.txt"
     _assert_accurate(result, mini_v10)
 
 
@@ -364,16 +365,21 @@ def test_loftr_random_weights_runs_the_whole_pipeline(mini_aachen, tmp_path) -> 
         allow_empty=True,  # random weights: nothing triangulates or localizes
         device="cpu",
     )
-    assert result.results.name == "Aachen-v1.1_hloc_loftr_outdoor_xfeat-global1.txt"
+    variant = aachen.method_variant(
+        "loftr_outdoor", 160, None, {"weights": "random", "match_threshold": 0.0}
+    )
+    assert variant.startswith("loftr_outdoor-r160-m")  # settings in the names
+    assert result.results.name == f"Aachen-v1.1_hloc_{variant}_xfeat-global1.txt"
     assert result.num_queries == 3
     # every step ran and left its artefact
+    conf_output = "matches-" + variant
     for name in (
         "pairs-db-covis1.txt",
-        "feats_matches-loftr_outdoor.h5",
-        "matches-loftr_outdoor_pairs-db-covis1.h5",
+        f"feats_{conf_output}.h5",
+        f"{conf_output}_pairs-db-covis1.h5",
         "pairs-query-xfeat-global1.txt",
-        "feats-query_matches-loftr_outdoor.h5",
-        "matches-loftr_outdoor_pairs-query-xfeat-global1.h5",
+        f"feats-query_{conf_output}.h5",
+        f"{conf_output}_pairs-query-xfeat-global1.h5",
     ):
         assert (outputs / name).is_file(), name
     assert (result.reference_sfm / "TRIANGULATED").is_file()

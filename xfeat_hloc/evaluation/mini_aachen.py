@@ -225,8 +225,9 @@ def build_mini_aachen(
         lists[time].append(f"{name} PINHOLE {size[0]} {size[1]} {params}\n")
         query_poses[name] = gt[strecha_name].cam_from_world()
     for time, lines in lists.items():
-        path = output / "queries" / f"{time}_time_queries_with_intrinsics.txt"
-        path.write_text("".join(lines))
+        if lines:
+            path = output / "queries" / f"{time}_time_queries_with_intrinsics.txt"
+            path.write_text("".join(lines))
     ground_truth_path(output).write_text(
         "".join(_pose_line(n, p) for n, p in query_poses.items())
     )

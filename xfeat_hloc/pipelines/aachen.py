@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import shutil
 import struct
@@ -287,6 +288,26 @@ def results_filename(version: str, method: str, retrieval_tag: str) -> str:
     return f"{dataset}_hloc_{method}_{retrieval_tag}.txt"
 
 
+def method_variant(
+    method: str,
+    resize_max: int | None = None,
+    max_keypoints: int | None = None,
+    model_options: dict[str, Any] | None = None,
+) -> str:
+    """The method's name with its overrides (``xfeat+mnn-r1024-n2048``, a short
+    hash for model options), used in the names of everything that depends on
+    them, so that runs with other settings never reuse each other's files."""
+    tag = method
+    if resize_max is not None:
+        tag += f"-r{resize_max}"
+    if max_keypoints is not None:
+        tag += f"-n{max_keypoints}"
+    if model_options:
+        blob = json.dumps(model_options, sort_keys=True, default=str).encode()
+        tag += "-m" + hashlib.sha1(blob).hexdigest()[:8]
+    return tag
+
+
 def retrieval_tag(
     retrieval: str, num_loc: int, retrieval_pairs: Path | None = None
 ) -> str:
@@ -501,6 +522,9 @@ def run(
     timer = _Timer()
     spec = METHODS[method]
     images = layout.images
+    variant = method_variant(method, resize_max, max_keypoints, model_options)
+    feature_suffix = method_variant("", resize_max, max_keypoints)
+    model_suffix = variant.removeprefix(method + feature_suffix)
 
     # Reference SIFT model.
     if version == "1.0":
@@ -546,6 +570,7 @@ def run(
         if resize_max is not None:
             dense_conf["preprocessing"]["resize_max"] = resize_max
         dense_conf["model"].update(model_options or {})
+        dense_conf["output"] += feature_suffix + model_suffix
         features, sfm_matches = timer.run(
             "dense matching (database)",
             match_dense.main,
@@ -565,8 +590,10 @@ def run(
             features_conf["preprocessing"]["resize_max"] = resize_max
         if max_keypoints is not None:
             features_conf["model"]["max_keypoints"] = max_keypoints
+        features_conf["output"] += feature_suffix
         matcher_conf = get_conf(spec["matcher"], "matcher")
         matcher_conf["model"].update(model_options or {})
+        matcher_conf["output"] += model_suffix
         features = timer.run(
             "local features",
             extract_features.main,
@@ -589,7 +616,7 @@ def run(
         )
 
     # Triangulation with the reference poses.
-    reference_sfm = outputs / f"sfm_{method}"
+    reference_sfm = outputs / f"sfm_{variant}"
     done_marker = reference_sfm / "TRIANGULATED"
     if overwrite or not done_marker.is_file():
         from .. import triangulation
@@ -682,7 +709,7 @@ def run(
             device=device,
         )
 
-    results = outputs / results_filename(version, method, tag)
+    results = outputs / results_filename(version, variant, tag)
     failed, num_localized = timer.run(
         "localization",
         _localize,
