@@ -91,6 +91,20 @@ def test_missing_3d_models_is_one_clear_message(mini_aachen, tmp_path, capsys) -
     assert not outputs.exists()  # no work started
 
 
+def test_netvlad_without_weights_fails_before_any_work(
+    mini_aachen, tmp_path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("XFEAT_HLOC_WEIGHTS_DIR", raising=False)
+    outputs = tmp_path / "outputs"
+    argv = ["aachen", "--dataset", str(mini_aachen.root), "--outputs", str(outputs)]
+    assert cli_main([*argv, "--retrieval", "netvlad"]) == 1
+    err = capsys.readouterr().err
+    assert "VGG16-NetVLAD-Pitts30K.mat" in err and "hub/netvlad" in err
+    assert "Traceback" not in err
+    assert not outputs.exists()
+
+
 def test_missing_query_lists_and_model_listed_together(mini_aachen, tmp_path) -> None:
     root = _copy(mini_aachen.root, tmp_path / "aachen_v1.1")
     shutil.rmtree(root / "queries")

@@ -517,6 +517,11 @@ def run(
     layout = check_layout(dataset, version)  # before any work
     if retrieval_pairs is not None and not Path(retrieval_pairs).is_file():
         raise UserError(f"Retrieval pairs file not found: {retrieval_pairs}.")
+    if retrieval_pairs is None and retrieval == "netvlad":
+        from ..extractors.netvlad import netvlad_weights_path
+
+        model = get_conf("netvlad", "extractor")["model"]
+        netvlad_weights_path(model.get("model_name", "VGG16-NetVLAD-Pitts30K"))
     outputs = Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
     timer = _Timer()
