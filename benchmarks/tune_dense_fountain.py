@@ -30,6 +30,7 @@ from xfeat_hloc.confs import get_conf
 from xfeat_hloc.evaluation.poses import evaluate_reconstruction
 from xfeat_hloc.evaluation.strecha import load_strecha_scene
 from xfeat_hloc.matchers.xfeat_star import XFeatStar
+from xfeat_hloc.utils.aggregation import VoteAccumulator
 from xfeat_hloc.utils.parsers import write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,9 @@ SCENE = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
 # (as the model's fine_conf would).
 VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
     "hloc-like c8 e2": (1600, True, 8, 2, 8192, 0),
+    "hloc bin-centres c8 e2": (1600, True, 8, 2, 8192, 0),
+    "hloc bin-centres c1 e1": (1600, True, 1, 1, 8192, 0),
+    "c1 e1": (1600, True, 1, 1, 8192, 0),
     "c4 e1": (1600, True, 4, 1, 8192, 0),
     "c2 e1": (1600, True, 2, 1, 8192, 0),
     "c1 e0.5": (1600, True, 1, 0.5, 8192, 0),
@@ -53,6 +57,14 @@ VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
     "c16 e4": (1600, True, 16, 4, 8192, 0),
     "c8 e2 4k": (1600, True, 8, 2, 4096, 0),
     "c8 e2 16k": (1600, True, 8, 2, 16384, 0),
+    "c8 e2 2k": (1600, True, 8, 2, 2048, 0),
+    "c8 e2 3k": (1600, True, 8, 2, 3072, 0),
+    "c8 e2 6k": (1600, True, 8, 2, 6144, 0),
+    "c16 e4 4k": (1600, True, 16, 4, 4096, 0),
+    "c4 e2 4k": (1600, True, 4, 2, 4096, 0),
+    "exact e0.5 4k": (1600, True, 0, 0.5, 4096, 0),
+    "c8 e2 4k r1024": (1024, True, 8, 2, 4096, 0),
+    "c8 e2 4k no-refine": (1600, False, 8, 2, 4096, 0),
     "c8 e2 s0.5": (1600, True, 8, 2, 8192, 0.5),
     "c8 e2 s0.7": (1600, True, 8, 2, 8192, 0.7),
     "c8 e2 no-refine": (1600, False, 8, 2, 8192, 0),
@@ -61,6 +73,28 @@ VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
     "c2 e1 r1024": (1024, True, 2, 1, 8192, 0),
     "c4 e1 r1024": (1024, True, 4, 1, 8192, 0),
 }
+
+
+class BinCentreAccumulator(VoteAccumulator):
+    """hloc's placement (measurement only): a keypoint at the centre of its
+    cell's best bin, and no merging of keypoints split by a cell edge."""
+
+    def finalize(self, max_kps=None):
+        self._compact()
+        if self.exact or len(self._keys) == 0:
+            return super().finalize(max_kps)
+        nb = self.bins_per_cell
+        cell_id = self._keys // (nb * nb)
+        order = np.lexsort((self._keys, -self._w, cell_id))
+        first = np.ones(len(order), bool)
+        first[1:] = cell_id[order[1:]] != cell_id[order[:-1]]
+        best = order[first]
+        cell = np.stack([cell_id[best] % self.cells_x, cell_id[best] // self.cells_x])
+        within = np.stack([self._keys[best] % nb, (self._keys[best] // nb) % nb])
+        xy = cell.T * self.cell_size + (within.T + 0.5) * self.bin_size - 0.5
+        votes = self._w[best]
+        order = np.argsort(-votes, kind="stable")[:max_kps]
+        return xy[order].astype(np.float32), votes[order].astype(np.float32)
 
 
 class UnrefinedXFeatStar(XFeatStar):
@@ -184,6 +218,10 @@ def main() -> None:
             features = args.out / f"features-{tag}.h5"
             features.unlink(missing_ok=True)
             tic = time.perf_counter()
+            if name.startswith("hloc bin-centres"):
+                match_dense.VoteAccumulator = BinCentreAccumulator
+            else:
+                match_dense.VoteAccumulator = VoteAccumulator
             match_dense.main(
                 conf,
                 pairs,

@@ -176,34 +176,47 @@ def test_weights_file_round_trip(tmp_path, models):
 
 
 @pytest.mark.slow
-def test_random_weights_end_to_end_through_match_dense(tmp_path, sacre_coeur_dir):
+def test_random_weights_end_to_end_through_match_dense(
+    tmp_path, sacre_coeur_dir, monkeypatch
+):
     names = sorted(p.name for p in sacre_coeur_dir.iterdir())[:3]
-    pairs = write_pairs(
-        tmp_path / "pairs.txt", [(names[0], names[1]), (names[0], names[2])]
-    )
+    pair_list = [(names[0], names[1]), (names[0], names[2])]
+    pairs = write_pairs(tmp_path / "pairs.txt", pair_list)
     conf = get_conf("loftr_outdoor", "dense matcher")
     conf["model"].update(weights="random", match_threshold=0.0)
-    conf["preprocessing"]["resize_max"] = 256
+    conf["preprocessing"]["resize_max"] = 224
     features, matches = match_dense.main(conf, pairs, sacre_coeur_dir, tmp_path)
     assert features.exists() and matches.exists()
     with h5py.File(features) as ff, h5py.File(matches) as fm:
         assert set(ff) == set(names)
         total = 0
-        for a, b in [(names[0], names[1]), (names[0], names[2])]:
+        for a, b in pair_list:
             grp = fm[names_to_pair(a, b)]
             m0 = grp["matches0"][()]
             assert m0.dtype == np.int32 and len(m0) == len(ff[a]["keypoints"])
             assert m0.max() < len(ff[b]["keypoints"])
             total += int((m0 >= 0).sum())
-            # raw points in original pixels (the images are larger than 256)
             raw = grp["keypoints0"][()]
             assert raw.dtype == np.float32 and raw.shape[1] == 2
         assert total > 0
         for name in names:
             w, h = ff[name]["image_size"][()]
             kps = ff[name]["keypoints"][()]
-            assert max(w, h) > 256
+            assert max(w, h) > 224  # original pixels, not the network input's
             assert (kps[:, 0] < w).all() and (kps[:, 1] < h).all()
+        raw = {p: fm[names_to_pair(*p)]["keypoints0"][()] for p in pair_list}
+    # a model without per-image features is run on whole pairs: same points
+    init = match_dense._PairMatcher.__init__
+
+    def pairwise_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.per_image = False
+
+    monkeypatch.setattr(match_dense._PairMatcher, "__init__", pairwise_init)
+    _, matches2 = match_dense.main(conf, pairs, sacre_coeur_dir, tmp_path / "pairwise")
+    with h5py.File(matches2) as fm:
+        for p in pair_list:
+            assert np.array_equal(fm[names_to_pair(*p)]["keypoints0"][()], raw[p])
 
 
 # ------------------------------------------------- real weights (optional)

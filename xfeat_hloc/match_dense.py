@@ -300,7 +300,8 @@ class _PairMatcher:
             model, "match_dense_features"
         )
         self.cache = _LRU(float(conf["cache_mb"]) * 2**20)
-        self.sizes: dict[str, tuple[int, int]] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}  # original (W, H)
+        self.scales: dict[str, np.ndarray] = {}  # original / preprocessed
         self.too_small: dict[str, str] = {}  # name -> why
         # (W, H) and source file of images whose keypoints are given
         self.expected_sizes: dict[str, tuple[tuple[int, int], Path]] = {}
@@ -316,53 +317,70 @@ class _PairMatcher:
         return array, scale, size
 
     def prefetch(self, names: Iterable[str]) -> None:
+        """Start reading images that the next pair needs and no cache holds."""
         for name in names:
-            if ("img", name) not in self.cache.items and name not in self.pending:
+            key = ("feat" if self.per_image else "img", name)
+            if (
+                key not in self.cache.items
+                and name not in self.pending
+                and name not in self.too_small
+            ):
                 self.pending[name] = self.pool.submit(self._load, name)
 
-    def _image(self, name: str) -> dict[str, Any]:
-        def make() -> dict[str, Any]:
-            future = self.pending.pop(name, None)
-            array, scale, size = future.result() if future else self._load(name)
-            self.sizes[name] = size
-            expected = self.expected_sizes.get(name)
-            if expected is not None and tuple(expected[0]) != tuple(size):
-                raise UserError(
-                    f"{expected[1]} says image {name!r} is {tuple(expected[0])} "
-                    f"(W, H) but the image is {size}: those features were made "
-                    "from other images. Use the features of these images."
-                )
-            return {"array": array, "scale": scale, "size": size}
+    def _array(self, name: str) -> np.ndarray:
+        """The preprocessed ``(C, h, w)`` image; records its size and scale."""
+        future = self.pending.pop(name, None)
+        array, scale, size = future.result() if future else self._load(name)
+        expected = self.expected_sizes.get(name)
+        if expected is not None and tuple(expected[0]) != tuple(size):
+            raise UserError(
+                f"{expected[1]} says image {name!r} is {tuple(expected[0])} "
+                f"(W, H) but the image is {size}: those features were made "
+                "from other images. Use the features of these images."
+            )
+        self.sizes[name] = size
+        self.scales[name] = scale
+        return array
 
-        return self.cache.get(("img", name), make, _nbytes)
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array)[None].to(self.device)
+
+    def _image(self, name: str) -> torch.Tensor:
+        """The image tensor (cached: for models that take whole pairs)."""
+        return self.cache.get(
+            ("img", name), lambda: self._tensor(self._array(name)), _nbytes
+        )
+
+    def _features(self, name: str) -> dict[str, torch.Tensor]:
+        """Per-image features (cached); the image itself is not kept."""
+        return self.cache.get(
+            ("feat", name),
+            lambda: self.model.extract_dense(self._tensor(self._array(name))),
+            _nbytes,
+        )
 
     def usable(self, name: str) -> bool:
         """False (and remembered) for an image too small for the model."""
         if name in self.too_small:
             return False
-        entry = self._image(name)
-        h, w = entry["array"].shape[1:]
-        size = "{}x{} px, {}x{} after preprocessing".format(*entry["size"], w, h)
-        if min(h, w) < self.min_size:
-            self.too_small[name] = f"{size}; the minimum is {self.min_size} px"
-            return False
-        if self.per_image:
+        if name not in self.sizes:
+            array = self._array(name)
+            h, w = array.shape[1:]
+            size = "{}x{} px, {}x{} after preprocessing".format(*self.sizes[name], w, h)
+            if min(h, w) < self.min_size:
+                self.too_small[name] = f"{size}; the minimum is {self.min_size} px"
+                return False
+            key = ("feat" if self.per_image else "img", name)
             try:  # a model may know its own minimum better (it raises then)
-                self._features(name)
+                if self.per_image:
+                    value = self.model.extract_dense(self._tensor(array))
+                else:
+                    value = self._tensor(array)
             except ImageReadError as error:
                 self.too_small[name] = f"{size}; {error}"
                 return False
+            self.cache.get(key, lambda: value, _nbytes)
         return True
-
-    def _tensor(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(self._image(name)["array"])[None].to(self.device)
-
-    def _features(self, name: str) -> dict[str, torch.Tensor]:
-        return self.cache.get(
-            ("feat", name),
-            lambda: self.model.extract_dense(self._tensor(name)),
-            _nbytes,
-        )
 
     def match(self, name0: str, name1: str) -> tuple[np.ndarray, ...]:
         """Points ``(N, 2)`` in original pixels of both images, and scores."""
@@ -371,13 +389,13 @@ class _PairMatcher:
             pred = self.model.match_dense_features(feats0, feats1)
         else:
             pred = self.model(
-                {"image0": self._tensor(name0), "image1": self._tensor(name1)}
+                {"image0": self._image(name0), "image1": self._image(name1)}
             )
         kp0 = pred["keypoints0"].detach().float().cpu().numpy().reshape(-1, 2)
         kp1 = pred["keypoints1"].detach().float().cpu().numpy().reshape(-1, 2)
         scores = pred["scores"].detach().float().cpu().numpy().reshape(-1)
-        kp0 = to_original(kp0, self._image(name0)["scale"])
-        kp1 = to_original(kp1, self._image(name1)["scale"])
+        kp0 = to_original(kp0, self.scales[name0])
+        kp1 = to_original(kp1, self.scales[name1])
         return kp0, kp1, scores.astype(np.float32)
 
     def close(self) -> None:
