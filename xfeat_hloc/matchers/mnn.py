@@ -1,18 +1,19 @@
 """Exact mutual nearest neighbours on descriptors (XFeat's matcher).
 
-Three passes over the similarity matrix, each in chunks of rows that bound
-memory (and stay below the C allocator's recycling size):
+Two passes over the similarity matrix, in chunks of rows that bound memory:
 
-1. ``descriptors0 @ descriptors1.T``: the best value of every row and column
-   (``amax``, which is much cheaper than ``max`` with indices). A row can only
-   be mutual if its best value is also some column's best value.
-2. those rows again, with ``torch.max``: their best column (first on ties).
-3. ``descriptors1 @ descriptors0.T`` for those columns (as the official code
-   computes it): the best row of each (first on ties).
+1. ``descriptors0 @ descriptors1.T``: the best column of every row (first on
+   ties, ``torch.max``) and the best value of every column. Only a row whose
+   best value is also its best column's best value can be mutual.
+2. ``descriptors1 @ descriptors0.T`` for those rows' best columns (as the
+   official code computes it): the best row of each (first on ties).
 
 A row is matched when its best column's best row is itself: the matches of the
 official ``XFeat.match(..., min_cossim=-1)``, ties included, for about 1.3
-matrix products instead of its two plus two indexed maxima.
+matrix products instead of its two.
+
+A :class:`Workspace` keeps the chunk buffer between calls: freshly allocated
+large buffers cost page faults on every call, as much as the product itself.
 """
 
 from __future__ import annotations
@@ -24,50 +25,63 @@ from torch import Tensor
 
 from ..utils.base_model import BaseModel
 
-#: Elements of one chunk of the similarity matrix (float32: 28 MiB). The C
-#: allocator recycles blocks below 32 MiB; larger ones are mapped afresh on each
-#: call, and their page faults then cost as much as the product itself.
-CHUNK_ELEMENTS = 7 << 20
+#: Elements of one chunk of the similarity matrix (float32: 64 MiB).
+CHUNK_ELEMENTS = 1 << 24
 
 
-def _row_steps(n_rows: int, n_columns: int, chunk_elements: int) -> range:
+class Workspace:
+    """A buffer for chunks of similarity matrices, reused between calls.
+
+    Not thread-safe: one call at a time per workspace (each model instance has
+    its own). Holds at most ``chunk_elements`` elements.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def matrix(self, rows: int, columns: int, like: Tensor) -> Tensor:
+        """A ``rows x columns`` tensor with the dtype and device of ``like``."""
+        size = rows * columns
+        buffer = self._buffer
+        if (
+            buffer is None
+            or buffer.numel() < size
+            or buffer.device != like.device
+            or buffer.dtype != like.dtype
+        ):
+            buffer = self._buffer = like.new_empty(size)
+        return buffer[:size].view(rows, columns)
+
+
+def _chunks(n_rows: int, n_columns: int, chunk_elements: int) -> range:
     step = max(1, min(n_rows, chunk_elements // max(n_columns, 1)))
     return range(0, n_rows, step)
 
 
-def _row_and_column_max(
-    rows: Tensor, columns_t: Tensor, chunk_elements: int
-) -> tuple[Tensor, Tensor]:
-    """Best value of each row and of each column of ``rows @ columns_t``."""
-    n0, n1 = rows.shape[0], columns_t.shape[1]
-    steps = _row_steps(n0, n1, chunk_elements)
-    buffer = rows.new_empty(min(steps.step, n0), n1)
-    row_max = rows.new_empty(n0)
-    column_max = rows.new_full((n1,), -torch.inf)
-    for start in steps:
-        stop = min(start + steps.step, n0)
-        sim = torch.mm(rows[start:stop], columns_t, out=buffer[: stop - start])
-        torch.amax(sim, dim=1, out=row_max[start:stop])
-        torch.maximum(column_max, sim.amax(dim=0), out=column_max)
-    return row_max, column_max
-
-
-def _row_argmax(
-    rows: Tensor, columns_t: Tensor, chunk_elements: int
-) -> tuple[Tensor, Tensor]:
-    """Best value and first best column of each row of ``rows @ columns_t``."""
+def _best_columns(
+    rows: Tensor,
+    columns_t: Tensor,
+    chunk_elements: int,
+    workspace: Workspace,
+    column_max: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """For ``rows @ columns_t``: each row's best value and first best column,
+    and (if ``column_max``) each column's best value."""
     n0, n1 = rows.shape[0], columns_t.shape[1]
     best = rows.new_empty(n0)
     best_index = torch.empty(n0, dtype=torch.long, device=rows.device)
+    best_of_column = rows.new_full((n1,), -torch.inf) if column_max else None
     if n0 == 0:
-        return best, best_index
-    steps = _row_steps(n0, n1, chunk_elements)
-    buffer = rows.new_empty(min(steps.step, n0), n1)
-    for start in steps:
-        stop = min(start + steps.step, n0)
+        return best, best_index, best_of_column
+    chunks = _chunks(n0, n1, chunk_elements)
+    buffer = workspace.matrix(min(chunks.step, n0), n1, rows)
+    for start in chunks:
+        stop = min(start + chunks.step, n0)
         sim = torch.mm(rows[start:stop], columns_t, out=buffer[: stop - start])
         torch.max(sim, dim=1, out=(best[start:stop], best_index[start:stop]))
-    return best, best_index
+        if best_of_column is not None:
+            torch.maximum(best_of_column, sim.amax(dim=0), out=best_of_column)
+    return best, best_index, best_of_column
 
 
 def mutual_nearest_neighbours(
@@ -75,6 +89,7 @@ def mutual_nearest_neighbours(
     descriptors1: Tensor,
     min_similarity: float | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    workspace: Workspace | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mutual nearest neighbours by dot product.
 
@@ -83,6 +98,8 @@ def mutual_nearest_neighbours(
         descriptors1: N1 x D.
         min_similarity: if not None, a match also needs a similarity above it.
         chunk_elements: at most this many similarities are held at once.
+        workspace: where to keep the chunk buffer between calls (a new one if
+            None).
 
     Returns:
         ``matches0`` N0 int64 (index into descriptors1, -1 if unmatched) and
@@ -96,20 +113,21 @@ def mutual_nearest_neighbours(
         return matches0, similarity0
     if descriptors0.dtype in (torch.float16, torch.bfloat16) and device.type == "cpu":
         descriptors0, descriptors1 = descriptors0.float(), descriptors1.float()
-    descriptors0_t = descriptors0.t().contiguous()
-    descriptors1_t = descriptors1.t().contiguous()
-    row_max, column_max = _row_and_column_max(
-        descriptors0, descriptors1_t, chunk_elements
+    workspace = workspace if workspace is not None else Workspace()
+    # transposed views: BLAS reads them as they are
+    best, best_index, best_of_column = _best_columns(
+        descriptors0, descriptors1.t(), chunk_elements, workspace, True
     )
-    rows = torch.nonzero(torch.isin(row_max, column_max))[:, 0]
-    best, best_index = _row_argmax(descriptors0[rows], descriptors1_t, chunk_elements)
-    columns, inverse = torch.unique(best_index, return_inverse=True)
-    _, winner = _row_argmax(descriptors1[columns], descriptors0_t, chunk_elements)
-    mutual = winner[inverse] == rows
+    rows = torch.nonzero(best == best_of_column[best_index])[:, 0]
+    columns, inverse = torch.unique(best_index[rows], return_inverse=True)
+    _, winner, _ = _best_columns(
+        descriptors1[columns], descriptors0.t(), chunk_elements, workspace, False
+    )
+    rows = rows[winner[inverse] == rows]
     if min_similarity is not None:
-        mutual &= best > min_similarity
-    matches0[rows[mutual]] = best_index[mutual]
-    similarity0[rows[mutual]] = best[mutual].float()
+        rows = rows[best[rows] > min_similarity]
+    matches0[rows] = best_index[rows]
+    similarity0[rows] = best[rows].float()
     return matches0, similarity0
 
 
@@ -134,7 +152,8 @@ class MNN(BaseModel):
     ``matches1``, ``matching_scores1`` the other way round.
 
     Conf: ``min_cossim`` (None = off): a match also needs a cosine similarity
-    strictly above it.
+    strictly above it; ``chunk_elements``: the size of the similarity chunks
+    (float32: 4 bytes each), kept between calls (not thread-safe).
     """
 
     default_conf: dict[str, Any] = {
@@ -144,7 +163,7 @@ class MNN(BaseModel):
     required_inputs = ["descriptors0", "descriptors1"]
 
     def _init(self, conf: dict[str, Any]) -> None:
-        pass
+        self.workspace = Workspace()
 
     def _forward(self, data: dict[str, Any]) -> dict[str, Tensor]:
         descriptors0, descriptors1 = data["descriptors0"], data["descriptors1"]
@@ -161,6 +180,7 @@ class MNN(BaseModel):
             descriptors1[0].t(),
             self.conf["min_cossim"],
             self.conf["chunk_elements"],
+            self.workspace,
         )
         matches1, scores1 = invert_matches(matches0, scores0, descriptors1.shape[-1])
         return {

@@ -15,7 +15,7 @@ from ..models.xfeat_net import (
     refine_matches,
 )
 from ..utils.base_model import BaseModel
-from .mnn import CHUNK_ELEMENTS, mutual_nearest_neighbours
+from .mnn import CHUNK_ELEMENTS, Workspace, mutual_nearest_neighbours
 
 
 class XFeatStar(BaseModel):
@@ -62,6 +62,7 @@ class XFeatStar(BaseModel):
         self.net = load_xfeat_net(
             conf["weights_path"], inference_form=conf["inference_form"]
         )
+        self.workspace = Workspace()
 
     @torch.inference_mode()
     def extract_dense(self, image: Tensor) -> dict[str, Tensor]:
@@ -93,6 +94,7 @@ class XFeatStar(BaseModel):
             features0["descriptors"],
             features1["descriptors"],
             chunk_elements=self.conf["chunk_elements"],
+            workspace=self.workspace,
         )
         index0 = torch.nonzero(matches0 > -1)[:, 0]
         index1 = matches0[index0]
