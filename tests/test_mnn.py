@@ -126,3 +126,13 @@ def test_dynamic_load_finds_the_model():
     from xfeat_hloc import matchers
 
     assert dynamic_load(matchers, "mnn") is MNN
+
+
+def test_workspace_reuse(official_features):
+    """One model matches pairs of different sizes in turn, as a fresh call does."""
+    model = MNN({"chunk_elements": 1 << 20})
+    a, b = official_features[0]["descriptors"], official_features[1]["descriptors"]
+    for n0, n1 in ((4096, 4096), (500, 3000), (4096, 10), (3000, 4096)):
+        out = model(hloc_input(a[:n0], b[:n1]))["matches0"][0]
+        fresh = mutual_nearest_neighbours(a[:n0], b[:n1])[0]
+        assert torch.equal(out, fresh)
