@@ -46,9 +46,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 PAIRINGS = ("exhaustive", "sequential")
 
-#: Verification settings of the pipeline (``pycolmap.TwoViewGeometryOptions``).
-PIPELINE_VERIFICATION: dict[str, Any] = {"ransac": {"max_num_trials": 1000}}
-
 
 @dataclass
 class ReconstructionResult:
@@ -59,8 +56,9 @@ class ReconstructionResult:
         sfm_dir: the COLMAP model folder (``OUTPUTS/sfm``).
         features, matches, pairs: the h5 and text files of the steps.
         image_names: all input images.
-        timings: seconds per step (``extract``, ``pairs``, ``match``,
-            ``reconstruct``, ``total``).
+        timings: wall seconds per step (``pairs``, ``extract``, ``match``,
+            ``database``, ``verification``, ``mapping``, ``principal_point``,
+            ``total``).
         evaluation: errors against ground truth when ``gt`` was given.
         files: extra outputs (match plots, the 3D view).
     """
@@ -109,6 +107,21 @@ def _with_resize(conf: dict[str, Any], resize_max: int | None) -> dict[str, Any]
         conf["output"] = conf["output"].replace(tag, f"-r{resize_max}")
     else:
         conf["output"] = f"{conf['output']}-r{resize_max}"
+    return conf
+
+
+def _with_max_keypoints(conf: dict[str, Any], num: int | None) -> dict[str, Any]:
+    """A copy of an extractor conf keeping ``num`` keypoints (and output name)."""
+    conf = copy.deepcopy(conf)
+    old = conf["model"].get("max_keypoints")
+    if num is None or num == old:
+        return conf
+    conf["model"]["max_keypoints"] = int(num)
+    tag = f"-n{old}"
+    if old and tag in conf["output"]:
+        conf["output"] = conf["output"].replace(tag, f"-n{num}")
+    else:
+        conf["output"] = f"{conf['output']}-n{num}"
     return conf
 
 
@@ -172,6 +185,7 @@ def run(
     method: str = "xfeat",
     pairs: str = "exhaustive",
     resize_max: int | None = 1600,
+    max_keypoints: int | None = None,
     device: str | None = None,
     camera_mode: str = "GROUPED",
     intrinsics: Any = None,
@@ -199,13 +213,16 @@ def run(
         pairs: ``exhaustive`` (all pairs) or ``sequential`` (video frames:
             each with the next ``window_size``).
         resize_max: long side of the images the networks see (None: the conf's).
+        max_keypoints: keypoints per image of sparse methods (None: the conf's,
+            4096). 8192 gives more observations, hence better-determined
+            intrinsics, for about 4x the matching time.
         device: torch device (None: CUDA if available, else CPU).
         camera_mode: ``GROUPED`` (one camera per image size and EXIF camera),
             or COLMAP's ``AUTO``, ``SINGLE``, ``PER_FOLDER``, ``PER_IMAGE``.
         intrinsics: known cameras, a file (see :func:`read_intrinsics`) or what
             :func:`xfeat_hloc.reconstruction.main` accepts.
-        refine_principal_point: let bundle adjustment refine the principal point
-            (without known intrinsics).
+        refine_principal_point: refine the principal points in a final bundle
+            adjustment (cameras shared by 3+ images; not with known intrinsics).
         min_match_score: import only matches scoring above it (default: the
             method's).
         plot_matches: write PNG plots of this many pairs (most matches first).
@@ -272,8 +289,9 @@ def run(
         )
         timings["match"] = time.perf_counter() - tic
     else:
-        feature_conf = _with_resize(
-            get_conf(spec["extractor"], "extractor"), resize_max
+        feature_conf = _with_max_keypoints(
+            _with_resize(get_conf(spec["extractor"], "extractor"), resize_max),
+            max_keypoints,
         )
         matcher_conf = get_conf(spec["matcher"], "matcher")
         tic = time.perf_counter()
@@ -301,7 +319,7 @@ def run(
         timings["match"] = time.perf_counter() - tic
 
     sfm_dir = outputs / "sfm"
-    tic = time.perf_counter()
+    sfm_timings: dict[str, float] = {}
     reconstruction = sfm.main(
         sfm_dir,
         images,
@@ -315,15 +333,12 @@ def run(
         intrinsics=intrinsics,
         refine_intrinsics=refine_intrinsics,
         refine_principal_point=refine_principal_point,
-        verification_options=(
-            PIPELINE_VERIFICATION
-            if verification_options is None
-            else verification_options
-        ),
+        verification_options=verification_options,
         mapper=mapper,
         verbose=verbose,
+        timings=sfm_timings,
     )
-    timings["reconstruct"] = time.perf_counter() - tic
+    timings.update(sfm_timings)
     timings["total"] = time.perf_counter() - start
 
     result = ReconstructionResult(
@@ -401,6 +416,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resize-max", type=int, default=1600, help="long side seen by the network"
     )
+    parser.add_argument(
+        "--max-keypoints", type=int, help="keypoints per image (sparse methods)"
+    )
     parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     parser.add_argument(
         "--camera-mode",
@@ -448,6 +466,7 @@ def run_cli(args: argparse.Namespace) -> int:
         method=args.method,
         pairs=args.pairs,
         resize_max=args.resize_max,
+        max_keypoints=args.max_keypoints,
         device=args.device,
         camera_mode=args.camera_mode,
         intrinsics=args.intrinsics,
