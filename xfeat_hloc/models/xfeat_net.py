@@ -3,8 +3,9 @@
 Our own implementation of the network of "XFeat: Accelerated Features for
 Lightweight Image Matching" (Potje et al., CVPR 2024). Its parameter names are
 those of the official ``xfeat.pt``, which loads into :class:`XFeatNet` as is;
-:func:`load_xfeat_net` then turns it into an inference form (BatchNorm folded
-into the preceding convolution or linear layer, channels-last memory layout).
+:func:`load_xfeat_net` then turns it into an inference form
+(:func:`to_inference_form`: BatchNorms folded into the preceding layers,
+convolutions fused with their ReLU or addition, channels-last layout).
 
 Conventions (every function of this module):
 
