@@ -383,12 +383,19 @@ def keypoint_heatmap(logits: Tensor) -> Tensor:
 def window_max(heatmap: Tensor, kernel_size: int = 5) -> Tensor:
     """Maximum of each pixel's ``k x k`` window, clipped at the border.
 
-    Two 1-D max pools (rows, then columns): bit-exact against the official
+    A 1-D max pool along the rows, then a maximum over ``k`` consecutive rows
+    (clipped near the top and bottom): bit-exact against the official
     ``MaxPool2d(k, stride=1, padding=k // 2)``, since max is exact.
     """
-    pad = kernel_size // 2
-    rows = F.max_pool1d(heatmap, kernel_size, stride=1, padding=pad)
-    return F.max_pool1d(rows.t(), kernel_size, stride=1, padding=pad).t()
+    r = kernel_size // 2
+    rows = F.max_pool1d(heatmap, kernel_size, stride=1, padding=r)
+    height = rows.shape[0]
+    out = torch.empty_like(rows)
+    if height > 2 * r:
+        torch.amax(rows.unfold(0, kernel_size, 1), dim=-1, out=out[r : height - r])
+    for y in [*range(min(r, height)), *range(max(height - r, r), height)]:
+        out[y] = rows[max(0, y - r) : y + r + 1].amax(dim=0)
+    return out
 
 
 def detect_keypoints(
