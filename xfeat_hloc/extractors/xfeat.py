@@ -19,8 +19,9 @@ from ..utils.base_model import BaseModel
 class XFeat(BaseModel):
     """XFeat (sparse): the official ``detectAndCompute``, in hloc's layout.
 
-    Input: ``image`` 1 x C x H x W, C = 1 or 3, float in [0, 1] (uint8, or
-    float in [0, 255], is divided by 255), H and W >= 32 px. The network runs
+    Input: ``image`` 1 x C x H x W, C = 1 or 3, float in [0, 1] (uint8 is
+    divided by 255; floats in [0, 255] give practically the same features, the
+    network instance-normalises its input), H and W >= 32 px. The network runs
     on the image bilinearly resized to multiples of 32.
 
     Output (batched, float32):

@@ -29,8 +29,8 @@ class XFeatStar(BaseModel):
     are dropped.
 
     Input: ``image0``, ``image1``, each 1 x C x H x W (C = 1 or 3, float in
-    [0, 1]; uint8 or [0, 255] floats are divided by 255), at least 54 px per
-    side (32 px at scale 0.6).
+    [0, 1]; uint8 is divided by 255, [0, 255] floats give practically the
+    same features), at least 54 px per side (32 px at scale 0.6).
 
     Output (unbatched, float32), in the given images' pixels with pixel centres
     at integer coordinates:

@@ -316,7 +316,7 @@ def load_xfeat_net(
 
 
 def prepare_image(image: Tensor, what: str = "image") -> Tensor:
-    """Check a ``1 x C x H x W`` image (C = 1 or 3) and return it as float in [0, 1].
+    """Check a ``1 x C x H x W`` image (C = 1 or 3) and return it as float32.
 
     uint8 (or other integer) images are divided by 255. Float images are taken
     as they are: the network instance-normalises its input, so [0, 255] floats
