@@ -179,3 +179,17 @@ def test_prepend_camera_name_and_query_objects(setup, fountain_xfeat, tmp_path):
         prepend_camera_name=True,
     )
     assert results.read_text().split()[0] == "0001.jpg"  # no folder to prepend
+
+
+def test_missing_reference_model(setup, fountain_xfeat, tmp_path):
+    from xfeat_hloc.errors import UserError
+
+    with pytest.raises(UserError, match="Reference model .* does not exist"):
+        localize_sfm.main(
+            tmp_path / "no_model",
+            setup["queries"],
+            setup["retrieval"],
+            fountain_xfeat["features"],
+            fountain_xfeat["matches"],
+            tmp_path / "results.txt",
+        )

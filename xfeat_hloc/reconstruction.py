@@ -11,9 +11,13 @@ silent ``None``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -183,20 +187,91 @@ def import_images(
 
 
 # ----------------------------------------------------------------- verification
+def _verify_chunk(
+    cameras: dict[int, pycolmap.Camera],
+    keypoints: dict[int, np.ndarray],
+    pairs: list[tuple[int, int, np.ndarray]],
+    options: dict[str, Any],
+) -> list[tuple[int, int, pycolmap.TwoViewGeometry]]:
+    """Two-view geometries of ``(image_id0, image_id1, matches)`` (a worker's job)."""
+    opts = pycolmap.TwoViewGeometryOptions(options)
+    out = []
+    for id0, id1, matches in pairs:
+        geometry = pycolmap.estimate_two_view_geometry(
+            cameras[id0], keypoints[id0], cameras[id1], keypoints[id1], matches, opts
+        )
+        out.append((id0, id1, geometry))
+    return out
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def geometric_verification(
     database: Path,
-    pairs_path: Path,
-    options: dict[str, Any] | pycolmap.TwoViewGeometryOptions | None = None,
+    pairs: list[tuple[int, int]],
+    options: dict[str, Any] | None = None,
     verbose: bool = False,
+    num_workers: int | None = None,
 ) -> None:
-    """Estimate E/F/H per pair with RANSAC (COLMAP) and store the inlier matches."""
-    options = make_options(
-        pycolmap.TwoViewGeometryOptions,
-        options if options is not None else DEFAULT_VERIFICATION,
-        "verification options",
-    )
+    """Estimate E/F/H per pair with COLMAP's RANSAC and store the inlier matches.
+
+    ``pycolmap.verify_matches`` uses one CPU core, and pycolmap holds the GIL, so
+    the pairs are spread over ``num_workers`` processes (default on Linux: the
+    CPU count, at most 8; elsewhere 1, which runs in this process). Same
+    estimator, same options. The workers are forked (a spawned worker would
+    re-run a user's unguarded script) and only call pycolmap, never torch.
+
+    Args:
+        pairs: ``(image_id0, image_id1)`` with matches in the database.
+        options: ``pycolmap.TwoViewGeometryOptions`` fields.
+    """
+    options = dict(options if options is not None else DEFAULT_VERIFICATION)
+    make_options(pycolmap.TwoViewGeometryOptions, options, "verification options")
+    if num_workers is None:
+        num_workers = min(os.cpu_count() or 1, 8) if sys.platform == "linux" else 1
+    with dbutil.open_database(database) as db:
+        cameras = {}
+        keypoints = {}
+        for image in db.read_all_images():
+            cameras[image.image_id] = db.read_camera(image.camera_id)
+            keypoints[image.image_id] = np.asarray(
+                db.read_keypoints(image.image_id)[:, :2], np.float64
+            )
+        jobs = [(id0, id1, db.read_matches(id0, id1)) for id0, id1 in pairs]
+    num_workers = max(1, min(num_workers, len(jobs) // 4))
+    chunks = _chunks(jobs, max(1, -(-len(jobs) // (4 * num_workers))))
+    results: list[tuple[int, int, pycolmap.TwoViewGeometry]] = []
+    progress = tqdm(total=len(jobs), desc="verify", unit="pair")
     with dbutil.colmap_output(verbose):
-        pycolmap.verify_matches(str(database), str(pairs_path), options=options)
+        if num_workers == 1:
+            for chunk in chunks:
+                results += _verify_chunk(cameras, keypoints, chunk, options)
+                progress.update(len(chunk))
+        else:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+                futures = []
+                for chunk in chunks:
+                    ids = {i for id0, id1, _ in chunk for i in (id0, id1)}
+                    futures.append(
+                        pool.submit(
+                            _verify_chunk,
+                            {i: cameras[i] for i in ids},
+                            {i: keypoints[i] for i in ids},
+                            chunk,
+                            options,
+                        )
+                    )
+                for future in as_completed(futures):
+                    part = future.result()
+                    results += part
+                    progress.update(len(part))
+    progress.close()
+    with dbutil.open_database(database) as db:
+        for id0, id1, geometry in results:
+            db.write_two_view_geometry(id0, id1, geometry)
 
 
 # ------------------------------------------------------------------ mapping
@@ -366,6 +441,7 @@ def main(
     mapper: str = "incremental",
     min_registered: int = 2,
     timings: dict[str, float] | None = None,
+    num_workers: int | None = None,
 ) -> pycolmap.Reconstruction:
     """Reconstruct a scene from features, matches and pairs (hloc's signature).
 
@@ -394,6 +470,8 @@ def main(
             cameras shared by 3 or more registered images (see
             :func:`refine_principal_points`); not with fixed known intrinsics.
         verification_options: ``pycolmap.TwoViewGeometryOptions`` fields.
+        num_workers: processes of the geometric verification (default: the CPU
+            count, at most 8).
         mapper: ``"incremental"`` or ``"global"`` (GLOMAP, when the installed
             pycolmap offers ``global_mapping``).
         min_registered: fewer registered images is an error.
@@ -469,9 +547,13 @@ def main(
 
     tic = time.perf_counter()
     if not skip_geometric_verification:
-        dedup_pairs = sfm_dir / "pairs-unique.txt"
-        dedup_pairs.write_text("".join(f"{a} {b}\n" for a, b in pair_list))
-        geometric_verification(database, dedup_pairs, verification_options, verbose)
+        geometric_verification(
+            database,
+            [(ids[a], ids[b]) for a, b in pair_list],
+            verification_options,
+            verbose,
+            num_workers,
+        )
     timings["verification"] = time.perf_counter() - tic
     verified = dbutil.verified_pair_counts(database)
     min_inliers = 15

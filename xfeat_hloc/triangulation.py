@@ -260,9 +260,9 @@ def main(
     )
     if not skip_geometric_verification:
         if estimate_two_view_geometries:
-            dedup_pairs = sfm_dir / "pairs-unique.txt"
-            dedup_pairs.write_text("".join(f"{a} {b}\n" for a, b in pair_list))
-            geometric_verification(database, dedup_pairs, None, verbose)
+            geometric_verification(
+                database, [(ids[a], ids[b]) for a, b in pair_list], None, verbose
+            )
         else:
             with dbutil.open_database(database) as db:
                 ratios = verify_with_poses(
