@@ -27,6 +27,7 @@ import torch
 
 from xfeat_hloc import match_dense, reconstruction
 from xfeat_hloc.confs import get_conf
+from xfeat_hloc.errors import UserError
 from xfeat_hloc.evaluation.poses import evaluate_reconstruction
 from xfeat_hloc.evaluation.strecha import load_strecha_scene
 from xfeat_hloc.matchers.xfeat_star import XFeatStar
@@ -36,11 +37,12 @@ from xfeat_hloc.utils.parsers import write_pairs
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
 
-# name: (resize_max, refine, cell_size, max_error, max_kps, min_score); cell 0:
+# name: (resize_max, refine, cell_size, max_error, max_kps, min_score[, offsets])
+# (offsets: see ShiftedMixin); cell 0:
 # no cells, every distinct point is a keypoint (points that coincide across
 # pairs merge); min_score drops per-pair matches of lower refinement confidence
 # (as the model's fine_conf would).
-VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
+VARIANTS: dict[str, tuple] = {
     "hloc-like c8 e2": (1600, True, 8, 2, 8192, 0),
     "hloc bin-centres c8 e2": (1600, True, 8, 2, 8192, 0),
     "hloc bin-centres c1 e1": (1600, True, 1, 1, 8192, 0),
@@ -69,7 +71,11 @@ VARIANTS: dict[str, tuple[int, bool, float, float, int | None, float]] = {
     "c8 e2 s0.7": (1600, True, 8, 2, 8192, 0.7),
     "c8 e2 no-refine": (1600, False, 8, 2, 8192, 0),
     "c2 e1 no-refine": (1600, False, 2, 1, 8192, 0),
+    "c8 e2 a1.5": (1600, True, 8, 2, 8192, 0, (1.5, 0.0)),
+    "c8 e2 b-1.5": (1600, True, 8, 2, 8192, 0, (0.0, -1.5)),
+    "c8 e2 a4.5 b3": (1600, True, 8, 2, 8192, 0, (4.5, 3.0)),
     "c8 e2 r1024": (1024, True, 8, 2, 8192, 0),
+    "c8 e2 r2048": (2048, True, 8, 2, 8192, 0),
     "c2 e1 r1024": (1024, True, 2, 1, 8192, 0),
     "c4 e1 r1024": (1024, True, 4, 1, 8192, 0),
 }
@@ -95,6 +101,26 @@ class BinCentreAccumulator(VoteAccumulator):
         votes = self._w[best]
         order = np.argsort(-votes, kind="stable")[:max_kps]
         return xy[order].astype(np.float32), votes[order].astype(np.float32)
+
+
+class ShiftedMixin:
+    """Moves XFeat*'s points by ``offsets = (a, b)`` pixels of the network input
+    at each point's scale: image 0's refined points by ``a``, image 1's cell
+    corners by ``b`` (measurement of the official positions' bias)."""
+
+    offsets = (0.0, 0.0)
+
+    def match_dense_features(self, features0, features1):
+        a, b = self.offsets
+        features0 = {
+            **features0,
+            "keypoints": features0["keypoints"] + a * features0["scales"],
+        }
+        features1 = {
+            **features1,
+            "keypoints": features1["keypoints"] + b * features1["scales"],
+        }
+        return super().match_dense_features(features0, features1)
 
 
 class UnrefinedXFeatStar(XFeatStar):
@@ -130,7 +156,9 @@ def run_sparse(out: Path, image_dir: Path, names: list[str], pairs: Path) -> dic
     }
 
 
-def evaluate(out: Path, tag: str, image_dir, pairs, features, matches, gt) -> dict:
+def evaluate(
+    out: Path, tag: str, image_dir, pairs, features, matches, gt, names
+) -> dict:
     timings: dict[str, float] = {}
     tic = time.perf_counter()
     # one shared camera (all Strecha images have the same K), principal point
@@ -142,6 +170,7 @@ def evaluate(out: Path, tag: str, image_dir, pairs, features, matches, gt) -> di
         features,
         matches,
         camera_mode="SINGLE",
+        image_list=names,
         timings=timings,
     )
     seconds = time.perf_counter() - tic
@@ -165,56 +194,81 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--sparse", action="store_true", help="also sparse XFeat")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--loo", action="store_true", help="leave-one-image-out subsets (11 runs)"
+    )
     args = parser.parse_args()
     image_dir, cameras = load_strecha_scene(SCENE)
     names = sorted(cameras)
     args.out.mkdir(parents=True, exist_ok=True)
-    pairs = write_pairs(
-        args.out / "pairs.txt",
-        [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]],
-    )
+    pairs = write_pairs(args.out / "pairs.txt", exhaustive(names))
+    if args.loo:  # leave one image out: 11 reconstructions of 10 images
+        subsets = [[n for n in names if n != skip] for skip in names]
+    else:
+        subsets = [names] * args.repeat
     header = (
-        f"{'variant':<22} {'reg':>4} {'med mm':>7} {'max mm':>8} {'kps':>6} "
-        f"{'pts':>6} {'track':>5} {'reproj':>6} {'match s':>7} {'agg s':>6} "
-        f"{'sfm s':>6}"
+        f"{'variant':<22} {'runs':>4} {'reg':>4} {'med mm':>7} {'max mm':>8} "
+        f"{'kps':>6} {'pts':>6} {'track':>5} {'reproj':>6} {'match s':>7} "
+        f"{'agg s':>6} {'sfm s':>6}"
     )
     print(header, flush=True)
+
+    def report(name: str, results: list[dict], kps: float, match_s: float) -> None:
+        if not results:
+            print(f"{name:<22} all runs failed", flush=True)
+            return
+        mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        print(
+            f"{name:<22} {len(results):>4} "
+            f"{min(r['registered'] for r in results):>4} {mean['median_mm']:>7.1f} "
+            f"{max(r['max_mm'] for r in results):>8.1f} {kps:>6.0f} "
+            f"{mean['points']:>6.0f} {mean['track']:>5.2f} {mean['reproj']:>6.2f} "
+            f"{match_s:>7.0f} {mean.get('agg_s', 0):>6.1f} {mean['sfm_s']:>6.0f}",
+            flush=True,
+        )
+
     if args.sparse:
-        for r in range(args.repeat):
-            sparse = run_sparse(args.out, image_dir, names, pairs)
-            res = evaluate(
-                args.out,
-                f"sparse{r}",
-                image_dir,
-                pairs,
-                sparse["features"],
-                sparse["matches"],
-                cameras,
+        sparse = run_sparse(args.out, image_dir, names, pairs)
+        results = []
+        for k, subset in enumerate(subsets):
+            sub_pairs = write_pairs(args.out / f"pairs-{k}.txt", exhaustive(subset))
+            results.append(
+                evaluate(
+                    args.out,
+                    f"sparse-{k}",
+                    image_dir,
+                    sub_pairs,
+                    sparse["features"],
+                    sparse["matches"],
+                    cameras,
+                    subset,
+                )
             )
-            print(
-                f"{'sparse xfeat 4096 mnn':<22} {res['registered']:>4} "
-                f"{res['median_mm']:>7.1f} {res['max_mm']:>8.1f} {4096:>6} "
-                f"{res['points']:>6} {res['track']:>5.2f} {res['reproj']:>6.2f} "
-                f"{sparse['match_s']:>7.0f} {0:>6} {res['sfm_s']:>6.0f}",
-                flush=True,
-            )
+        report("sparse xfeat 4096 mnn", results, 4096, sparse["match_s"])
+
     match_seconds: dict[tuple, float] = {}
     for name in args.variants:
-        resize_max, refine, cell, max_error, max_kps, min_score = VARIANTS[name]
+        resize_max, refine, cell, max_error, max_kps, min_score, *extra = VARIANTS[name]
+        offsets = tuple(extra[0]) if extra else (0.0, 0.0)
         conf = copy.deepcopy(get_conf("xfeat_star", "dense matcher"))
         conf["preprocessing"]["resize_max"] = resize_max
         conf.update(cell_size=cell, max_error=max_error)
         conf.pop("max_kps", None)
-        key = (resize_max, refine)
-        matches = args.out / f"raw-r{resize_max}-{'ref' if refine else 'coarse'}.h5"
+        key = (resize_max, refine, offsets)
+        suffix = "" if offsets == (0.0, 0.0) else f"-a{offsets[0]}-b{offsets[1]}"
+        matches = args.out / (
+            f"raw-r{resize_max}-{'ref' if refine else 'coarse'}{suffix}.h5"
+        )
         if key not in match_seconds:
             tic = time.perf_counter()
-            _match_only(conf, refine, pairs, image_dir, matches)
+            _match_only(conf, refine, pairs, image_dir, matches, offsets)
             match_seconds[key] = time.perf_counter() - tic
         if min_score:
             matches = _filtered(matches, min_score)
-        for r in range(args.repeat):
-            tag = f"{name.replace(' ', '_')}-{r}"
+        results, kps = [], []
+        for k, subset in enumerate(subsets):
+            sub_pairs = write_pairs(args.out / f"pairs-{k}.txt", exhaustive(subset))
+            tag = f"{name.replace(' ', '_')}-{k}"
             features = args.out / f"features-{tag}.h5"
             features.unlink(missing_ok=True)
             tic = time.perf_counter()
@@ -224,7 +278,7 @@ def main() -> None:
                 match_dense.VoteAccumulator = VoteAccumulator
             match_dense.main(
                 conf,
-                pairs,
+                sub_pairs,
                 image_dir,
                 matches=matches,
                 features=features,
@@ -232,15 +286,27 @@ def main() -> None:
             )
             agg = time.perf_counter() - tic
             with h5py.File(features) as fd:
-                kps = np.mean([fd[n]["keypoints"].shape[0] for n in fd])
-            res = evaluate(args.out, tag, image_dir, pairs, features, matches, cameras)
-            print(
-                f"{name:<22} {res['registered']:>4} {res['median_mm']:>7.1f} "
-                f"{res['max_mm']:>8.1f} {kps:>6.0f} {res['points']:>6} "
-                f"{res['track']:>5.2f} {res['reproj']:>6.2f} "
-                f"{match_seconds[key]:>7.0f} {agg:>6.1f} {res['sfm_s']:>6.0f}",
-                flush=True,
-            )
+                kps.append(np.mean([fd[n]["keypoints"].shape[0] for n in fd]))
+            try:
+                res = evaluate(
+                    args.out,
+                    tag,
+                    image_dir,
+                    sub_pairs,
+                    features,
+                    matches,
+                    cameras,
+                    subset,
+                )
+            except UserError as error:  # e.g. too few images registered
+                print(f"{name:<22} run {k} failed: {error}", flush=True)
+                continue
+            results.append({**res, "agg_s": agg})
+        report(name, results, float(np.mean(kps)), match_seconds[key])
+
+
+def exhaustive(names: list[str]) -> list[tuple[str, str]]:
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
 
 
 def _filtered(raw: Path, min_score: float) -> Path:
@@ -263,8 +329,10 @@ def _filtered(raw: Path, min_score: float) -> Path:
     return out
 
 
-def _match_only(conf, refine: bool, pairs: Path, image_dir: Path, matches: Path):
-    """Pass 1 of match_dense with the (possibly unrefined) model."""
+def _match_only(
+    conf, refine: bool, pairs: Path, image_dir: Path, matches: Path, offsets
+) -> None:
+    """Pass 1 of match_dense with the (possibly unrefined or shifted) model."""
     from xfeat_hloc.utils.parsers import parse_pairs
 
     if matches.exists():
@@ -272,8 +340,12 @@ def _match_only(conf, refine: bool, pairs: Path, image_dir: Path, matches: Path)
     conf = match_dense.resolve_conf(conf)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     original = match_dense.dynamic_load
-    if not refine:
-        match_dense.dynamic_load = lambda root, name: UnrefinedXFeatStar
+    base = XFeatStar if refine else UnrefinedXFeatStar
+    if refine and offsets == (0.0, 0.0):
+        model = base
+    else:
+        model = type("Shifted", (ShiftedMixin, base), {"offsets": offsets})
+    match_dense.dynamic_load = lambda root, name: model
     try:
         match_dense.match_pairs(
             conf, parse_pairs(pairs), image_dir, matches, set(), device

@@ -186,6 +186,7 @@ def run(
     pairs: str = "exhaustive",
     resize_max: int | None = 1600,
     max_keypoints: int | None = None,
+    weights: Path | None = None,
     device: str | None = None,
     camera_mode: str = "GROUPED",
     intrinsics: Any = None,
@@ -213,6 +214,8 @@ def run(
         pairs: ``exhaustive`` (all pairs) or ``sequential`` (video frames:
             each with the next ``window_size``).
         resize_max: long side of the images the networks see (None: the conf's).
+        weights: an explicit weights file for the network (XFeat's, or the
+            LoFTR checkpoint for ``loftr_outdoor``).
         max_keypoints: keypoints per image of sparse methods (None: the conf's,
             4096). 8192 gives more observations, hence better-determined
             intrinsics, for about 4x the matching time.
@@ -278,6 +281,8 @@ def run(
 
     if "dense" in spec:
         conf = _with_resize(get_conf(spec["dense"], "dense matcher"), resize_max)
+        if weights is not None:
+            conf["model"]["weights_path"] = str(weights)
         tic = time.perf_counter()
         features, matches = match_dense.main(
             conf,
@@ -294,6 +299,8 @@ def run(
             max_keypoints,
         )
         matcher_conf = get_conf(spec["matcher"], "matcher")
+        if weights is not None:
+            feature_conf["model"]["weights_path"] = str(weights)
         tic = time.perf_counter()
         features = extract_features.main(
             feature_conf,
@@ -419,6 +426,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-keypoints", type=int, help="keypoints per image (sparse methods)"
     )
+    parser.add_argument(
+        "--weights", type=Path, help="explicit weights file (XFeat or LoFTR)"
+    )
     parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     parser.add_argument(
         "--camera-mode",
@@ -467,6 +477,7 @@ def run_cli(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         resize_max=args.resize_max,
         max_keypoints=args.max_keypoints,
+        weights=args.weights,
         device=args.device,
         camera_mode=args.camera_mode,
         intrinsics=args.intrinsics,
