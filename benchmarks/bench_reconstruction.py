@@ -8,7 +8,9 @@ shared camera, same principal point handling) and the same mapper:
   ``pycolmap.match_exhaustive`` (matching + geometric verification), then
   ``pycolmap.incremental_mapping``;
 - XFeat: :func:`xfeat_hloc.pipelines.reconstruction.run` (extract, exhaustive
-  pairs, mutual NN, database import, verification, mapping).
+  pairs, mutual NN, database import, verification, mapping);
+- XFeat* (``--methods xfeat_star``): the same with ``match_dense`` (semi-dense
+  matches per pair aggregated into per-image keypoints).
 
 Each reconstruction is aligned to the ground truth (Sim3 on camera centres) and
 the script prints, side by side, the registered count, the median and max
@@ -125,13 +127,15 @@ def run_ours(
     resize: int,
     pp: str,
     max_keypoints: int | None = None,
+    method: str = "xfeat",
 ) -> tuple[pycolmap.Reconstruction, Clock]:
-    """Our XFeat pipeline with its defaults (one camera, like SIFT's)."""
+    """Our pipeline (``xfeat`` or ``xfeat_star``) with its defaults (one camera,
+    like SIFT's)."""
     clock = Clock()
     result = run_xfeat(
         image_dir,
         out,
-        method="xfeat",
+        method=method,
         resize_max=resize,
         max_keypoints=max_keypoints,
         image_list=names,
@@ -185,6 +189,13 @@ def main() -> int:
         action="append",
         help="XFeat keypoints per image; repeat to run several XFeat variants",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["xfeat"],
+        choices=("xfeat", "xfeat_star"),
+        help="our pipelines to compare with SIFT (xfeat_star: semi-dense)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -196,9 +207,12 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         variants: list[tuple[str, Callable]] = [("sift", run_sift)]
-        for num in args.max_keypoints or [None]:
-            label = "xfeat" if num is None else f"xfeat-{num}"
-            variants.append((label, partial(run_ours, max_keypoints=num)))
+        if "xfeat" in args.methods:
+            for num in args.max_keypoints or [None]:
+                label = "xfeat" if num is None else f"xfeat-{num}"
+                variants.append((label, partial(run_ours, max_keypoints=num)))
+        if "xfeat_star" in args.methods:
+            variants.append(("xfeat_star", partial(run_ours, method="xfeat_star")))
         labels = [label for label, _ in variants]
         for rep in range(args.repeats):
             order = variants if rep % 2 == 0 else variants[::-1]
