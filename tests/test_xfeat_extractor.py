@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xfeat_hloc.errors import ImageReadError, WeightsNotFoundError
 from xfeat_hloc.extractors.xfeat import XFeat
@@ -150,3 +151,25 @@ def test_dynamic_load_finds_the_model():
     from xfeat_hloc import extractors
 
     assert dynamic_load(extractors, "xfeat") is XFeat
+
+
+@pytest.mark.parametrize("num", [0, 1, 10, 4096, 4097, 12000])
+@pytest.mark.parametrize("k", [1, 5, 4096])
+def test_top_scores_equals_a_stable_sort(num: int, k: int) -> None:
+    """Many exact ties, also at the cut: same order as a stable sort."""
+    from xfeat_hloc.models.xfeat_net import top_scores
+
+    generator = torch.Generator().manual_seed(num + k)
+    scores = torch.randint(0, 7, (num,), generator=generator).float() / 7
+    values, indices = top_scores(scores, k)
+    ref_values, ref_indices = torch.sort(scores, descending=True, stable=True)
+    assert torch.equal(indices, ref_indices[:k])
+    assert torch.equal(values, ref_values[:k])
+
+
+def test_instance_norm_matches_torch() -> None:
+    from xfeat_hloc.models.xfeat_net import _instance_norm
+
+    image = torch.rand(1, 1, 97, 131, generator=torch.Generator().manual_seed(0))
+    ours = _instance_norm(image.clone(), eps=9e-5)
+    torch.testing.assert_close(ours, F.instance_norm(image, eps=9e-5))

@@ -107,6 +107,18 @@ class FusedConv(nn.Module):
         return F.relu(x, inplace=True) if self.relu else x
 
 
+def _instance_norm(x: Tensor, eps: float) -> Tensor:
+    """``F.instance_norm(x, eps=eps)`` of a ``B x 1 x H x W`` map (biased
+    variance). For one image: mean, centre, a dot product, one scaling, 2x
+    faster on CPU than the batch-norm kernel, same values up to rounding."""
+    if x.shape[0] != 1 or x.shape[1] != 1:
+        return F.instance_norm(x, eps=eps)
+    centred = x - x.mean()
+    flat = centred.view(-1)
+    variance = torch.dot(flat, flat) / flat.numel()
+    return centred.mul_(torch.rsqrt(variance + eps))
+
+
 def _mlp_block(in_features: int, out_features: int) -> list[nn.Module]:
     return [
         nn.Linear(in_features, out_features),
@@ -188,7 +200,7 @@ class XFeatNet(nn.Module):
             # division less over the image
             channels = image.shape[1]
             x = image.sum(dim=1, keepdim=True) if channels > 1 else image
-            x = F.instance_norm(x, eps=1e-5 * channels**2)
+            x = _instance_norm(x, eps=1e-5 * channels**2)
             x1 = self.block1(x)
             x2 = self.block2(self.skip1(x, x1))  # fused conv(x) + x1
         else:
@@ -415,9 +427,9 @@ def detect_keypoints(
     height, width = heatmap.shape
     flat = heatmap.view(-1)
     index = torch.nonzero(flat > threshold)[:, 0]
+    peaks = window_max(heatmap, kernel_size).view(-1)
+    index = index[peaks[index] == flat[index]]  # row-major, as before
     xs, ys, heat = index % width, index // width, flat[index]
-    keep = window_max(heatmap, kernel_size)[ys, xs] == heat
-    xs, ys, heat = xs[keep], ys[keep], heat[keep]
     heat = torch.where((xs == width - 1) | (ys == height - 1), 0.0, heat)
     return torch.stack([xs, ys], dim=-1), heat
 
@@ -435,6 +447,21 @@ def sample_map(
     grid = grid.to(feature_map.dtype)[None, :, None, :]
     sampled = F.grid_sample(feature_map, grid, mode=mode, align_corners=False)
     return sampled[0, :, :, 0]
+
+
+def top_scores(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of N ``scores`` in decreasing order, ties in index
+    order: the first ``k`` of ``torch.sort(scores, descending=True,
+    stable=True)``, by a ``topk`` (exact ties at the cut resolved by index)
+    and a stable sort of the ``k`` kept only. Returns (values, indices)."""
+    if k >= scores.numel():
+        return torch.sort(scores, descending=True, stable=True)
+    cut = torch.topk(scores, k, sorted=False).values.min()
+    above = torch.nonzero(scores > cut)[:, 0]
+    ties = torch.nonzero(scores == cut)[:, 0][: k - above.numel()]
+    kept = torch.sort(torch.cat([above, ties])).values  # index order
+    values, order = torch.sort(scores[kept], descending=True, stable=True)
+    return values, kept[order]
 
 
 def _cubic_weights(t: Tensor) -> Tensor:
@@ -507,8 +534,8 @@ def detect_and_describe(
     descriptors, logits, reliability = net(resized)
     positions, heat = detect_keypoints(logits, threshold)
     reliability = sample_map(reliability, positions, height, width, "bilinear")[0]
-    scores, order = torch.sort(heat * reliability, descending=True, stable=True)
-    keep = order[:top_k][scores[:top_k] > 0]
+    scores, order = top_scores(heat * reliability, top_k)
+    keep = order[scores > 0]
     scores, positions = scores[: len(keep)], positions[keep]
     descriptors = F.normalize(descriptors, dim=1)
     descriptors = sample_bicubic(descriptors, positions, height, width)
