@@ -266,7 +266,7 @@ def check_steps(device: torch.device, data: Path) -> None:
         tmp = Path(tmp)
         pairs_file = write_pairs(tmp / "pairs.txt", pairs)
         files = {}
-        for where in ("cpu", str(device)):
+        for where in dict.fromkeys(("cpu", str(device))):
             out = tmp / where.replace(":", "_")
             out.mkdir()
             start = time.perf_counter()
@@ -278,7 +278,7 @@ def check_steps(device: torch.device, data: Path) -> None:
                 device=where,
             )
             matches = match_features.main(
-                get_conf("mnn", "matcher"),
+                get_conf("xfeat+mnn", "matcher"),
                 pairs_file,
                 features.stem,
                 out,
@@ -322,13 +322,15 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--steps-only", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         print(f"device: {name}, torch {torch.__version__}")
-    check_models(device, args.data, args.runs)
+    if not args.steps_only:
+        check_models(device, args.data, args.runs)
     check_steps(device, args.data)
     print(f"\n{len(FAILURES)} failure(s)" + (f": {FAILURES}" if FAILURES else ""))
     return 1 if FAILURES else 0
