@@ -157,13 +157,16 @@ def test_localization_queries_exact_references_snap(sacre_mapping, query_dir):
             total += len(idx)
         assert total > 500
         # the pair listed as (ref, query) was run with the query refined: the
-        # reference's raw points are its unrefined XFeat* cell positions
+        # reference's raw points are its unrefined XFeat* cell positions (moved
+        # by the conf's shift1)
         grp = fm[names_to_pair(refs[3], "query/q1.jpg")]
         raw_ref = grp["keypoints0"][()]
     model = XFeatStar(m["conf"]["model"]).eval()
     image = read_image(query_dir / refs[3], grayscale=False)
     array, scale = match_dense.preprocess(image, m["conf"]["preprocessing"])
-    cells = model.extract_dense(torch.from_numpy(array)[None])["keypoints"].numpy()
+    dense = model.extract_dense(torch.from_numpy(array)[None])
+    shift = torch.tensor(m["conf"]["model"].get("shift1", (0.0, 0.0)))
+    cells = (dense["keypoints"] + dense["scales"] * shift).numpy()
     cells = match_dense.to_original(cells, scale)
     dist = np.linalg.norm(raw_ref[:, None] - cells[None], axis=-1).min(1)
     assert dist.max() < 1e-3

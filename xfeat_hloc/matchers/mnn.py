@@ -14,6 +14,8 @@ matrix products instead of its two.
 
 A :class:`Workspace` keeps the chunk buffer between calls: freshly allocated
 large buffers cost page faults on every call, as much as the product itself.
+On an accelerator (up to ``4 * chunk_elements`` similarities), the official
+two full products run instead: no host synchronisation, same matches.
 """
 
 from __future__ import annotations
@@ -113,6 +115,16 @@ def mutual_nearest_neighbours(
         return matches0, similarity0
     if descriptors0.dtype in (torch.float16, torch.bfloat16) and device.type == "cpu":
         descriptors0, descriptors1 = descriptors0.float(), descriptors1.float()
+    if device.type != "cpu" and n0 * n1 <= 4 * chunk_elements:
+        # accelerators: the official two products, no host synchronisation
+        best, best_index = torch.max(descriptors0 @ descriptors1.t(), dim=1)
+        winner = torch.max(descriptors1 @ descriptors0.t(), dim=1).indices
+        mutual = winner[best_index] == torch.arange(n0, device=device)
+        if min_similarity is not None:
+            mutual &= best > min_similarity
+        matches0 = torch.where(mutual, best_index, matches0)
+        similarity0 = torch.where(mutual, best.float(), similarity0)
+        return matches0, similarity0
     workspace = workspace if workspace is not None else Workspace()
     # transposed views: BLAS reads them as they are
     best, best_index, best_of_column = _best_columns(
