@@ -907,8 +907,8 @@ def add_arguments_aachen(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outputs", type=Path, required=True, help="output folder")
     parser.add_argument("--version", choices=VERSIONS, default="1.1")
     parser.add_argument("--method", choices=list(METHODS), default="xfeat+mnn")
-    parser.add_argument("--num-covis", type=int, default=20)
-    parser.add_argument("--num-loc", type=int, default=50)
+    parser.add_argument("--num-covis", "--num_covis", type=int, default=20)
+    parser.add_argument("--num-loc", "--num_loc", type=int, default=50)
     parser.add_argument(
         "--retrieval",
         choices=RETRIEVALS,
@@ -918,6 +918,7 @@ def add_arguments_aachen(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--retrieval-pairs",
+        "--retrieval_pairs",
         type=Path,
         help="use this 'query db' pairs file (e.g. hloc's pairs-query-netvlad50.txt)",
     )
