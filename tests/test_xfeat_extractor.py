@@ -4,29 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import load_resized
 
 from xfeat_hloc.errors import ImageReadError, WeightsNotFoundError
 from xfeat_hloc.extractors.xfeat import XFeat
 from xfeat_hloc.utils.base_model import dynamic_load
-from xfeat_hloc.utils.io import read_image
 
 LONG_SIDES = (640, 1024, 1600)
 N_IMAGES = 4
-
-
-def load_resized(path: Path, long_side: int) -> torch.Tensor:
-    """1 x 3 x H x W float [0, 1] image, resized to the given long side."""
-    image = read_image(path)
-    h, w = image.shape[:2]
-    s = long_side / max(h, w)
-    interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=interpolation)
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
 
 
 @pytest.fixture(scope="module")

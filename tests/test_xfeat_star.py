@@ -4,27 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import load_resized
 
 from xfeat_hloc.errors import ImageReadError, WeightsNotFoundError
 from xfeat_hloc.matchers.xfeat_star import XFeatStar
 from xfeat_hloc.utils.base_model import dynamic_load
-from xfeat_hloc.utils.io import read_image
 
 LONG_SIDES = (640, 1024, 1600)
 PAIRS = ((0, 1), (1, 2), (0, 2))
-
-
-def load_resized(path: Path, long_side: int) -> torch.Tensor:
-    image = read_image(path)
-    h, w = image.shape[:2]
-    s = long_side / max(h, w)
-    interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=interpolation)
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
 
 
 @pytest.fixture(scope="module")
