@@ -193,10 +193,10 @@ def _homography_residuals(model: XFeatStar, data: dict) -> torch.Tensor:
     return (residual / scales)[inliers].mean(dim=0)
 
 
-def test_shift1_removes_the_official_offset_on_a_homography(kornia_data_dir, ours):
+def test_conf_shifts_remove_the_official_offset_on_a_homography(kornia_data_dir, ours):
     """The official image-1 points sit about (+1.5, +0.8) network px from the
     refined image-0 points (ground-truth homography of kornia's test pair); the
-    xfeat_star conf's shift1 brings the mean residual near zero."""
+    xfeat_star conf's shift0 and shift1 bring the mean residual near zero."""
     from xfeat_hloc.confs import get_conf
 
     data = torch.load(

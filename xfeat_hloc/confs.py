@@ -63,8 +63,13 @@ matchers: dict[str, Conf] = {
 dense_matchers: dict[str, Conf] = {
     "xfeat_star": {
         "output": "matches-xfeat_star",
-        # shift1: the official image-1 points' offset, corrected (see XFeatStar)
-        "model": {"name": "xfeat_star", "top_k": 10000, "shift1": (-1.5, -0.8)},
+        # points at cell centres, image 1's offset corrected (see XFeatStar)
+        "model": {
+            "name": "xfeat_star",
+            "top_k": 10000,
+            "shift0": (3.5, 3.5),
+            "shift1": (2.0, 2.7),
+        },
         "preprocessing": {"grayscale": False, "resize_max": 1600, "dfactor": 32},
         "max_error": 2,
         "cell_size": 8,

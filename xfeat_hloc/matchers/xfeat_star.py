@@ -18,6 +18,15 @@ from ..utils.base_model import BaseModel
 from .mnn import CHUNK_ELEMENTS, Workspace, mutual_nearest_neighbours
 
 
+def _shifted(features: dict[str, Tensor], shift: tuple[float, float]) -> dict:
+    """``features`` with its keypoints moved by ``shift`` pixels of the network
+    input at each keypoint's scale."""
+    if not (shift[0] or shift[1]):
+        return features
+    offset = features["scales"] * features["scales"].new_tensor(shift)
+    return {**features, "keypoints": features["keypoints"] + offset}
+
+
 class XFeatStar(BaseModel):
     """XFeat* for one image pair: the official ``match_xfeat_star``.
 
@@ -46,14 +55,18 @@ class XFeatStar(BaseModel):
     ``_forward`` is exactly those two steps.
 
     Conf: ``top_k`` (cells per image, both scales together), ``fine_conf``,
-    ``weights_path`` (explicit ``xfeat.pt``), ``inference_form``, ``shift1``
-    ((dx, dy) in pixels of the network input, added to image 1's points at
-    their scale; (0, 0), the default, is the official output). The official
-    image-1 points lie about (+1.5, +0.8) network pixels off the refined
-    image-0 points they are matched to (measured against a ground-truth
-    homography and on fountain-P11, see ``benchmarks/RESULTS.md``): harmless
-    for two-view geometry, but an image plays both roles in SfM, so the
-    ``xfeat_star`` conf of ``match_dense`` corrects it.
+    ``weights_path`` (explicit ``xfeat.pt``), ``inference_form``, ``shift0``,
+    ``shift1`` ((dx, dy) in pixels of the network input, added to image 0's and
+    image 1's points at their scale; (0, 0), the default, is the official
+    output). The official points are not where they belong for SfM: image 1's
+    are the top-left corners of 8 x 8 cells whose descriptors describe the whole
+    cell (centre +3.5 px), image 0's are refined around such corners, and image
+    1's sit about (+1.5, +0.8) px off the image-0 points they are matched to
+    (measured against a ground-truth homography). Two-view geometry does not
+    mind; SfM, where an image plays both roles and the principal point ties
+    pixels to rays, does: the ``xfeat_star`` conf of ``match_dense`` uses
+    ``shift0 = (3.5, 3.5)``, ``shift1 = (2.0, 2.7)`` (see
+    ``benchmarks/RESULTS.md``).
     """
 
     default_conf: dict[str, Any] = {
@@ -62,6 +75,7 @@ class XFeatStar(BaseModel):
         "weights_path": None,
         "inference_form": True,
         "chunk_elements": CHUNK_ELEMENTS,
+        "shift0": (0.0, 0.0),
         "shift1": (0.0, 0.0),
     }
     required_inputs = ["image0", "image1"]
@@ -106,10 +120,8 @@ class XFeatStar(BaseModel):
         )
         index0 = torch.nonzero(matches0 > -1)[:, 0]
         index1 = matches0[index0]
-        shift = self.conf["shift1"]
-        if shift[0] or shift[1]:
-            offset = features1["scales"] * features1["scales"].new_tensor(shift)
-            features1 = {**features1, "keypoints": features1["keypoints"] + offset}
+        features0 = _shifted(features0, self.conf["shift0"])
+        features1 = _shifted(features1, self.conf["shift1"])
         return refine_matches(
             self.net, features0, features1, index0, index1, self.conf["fine_conf"]
         )
