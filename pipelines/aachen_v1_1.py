@@ -10,20 +10,9 @@ xfeat_hloc/pipelines/aachen.py. The results file for visuallocalization.net is
 written into --outputs.
 """
 
-from __future__ import annotations
-
 import sys
 
-from xfeat_hloc.cli import main
+from xfeat_hloc.pipelines.aachen import script_main
 
 if __name__ == "__main__":
-    # the defaults come first: options given on the command line come later and win
-    defaults = [
-        "--version",
-        "1.1",
-        "--dataset",
-        "datasets/aachen_v1.1",
-        "--outputs",
-        "outputs/aachen_v1.1",
-    ]
-    sys.exit(main(["aachen", *defaults, *sys.argv[1:]]))
+    sys.exit(script_main("1.1"))

@@ -400,3 +400,24 @@ def test_loftr_random_weights_runs_the_whole_pipeline(mini_aachen, tmp_path) -> 
     report = validate_results(result.results, list(mini_aachen.queries))
     assert report.ok, report.summary()  # complete: failed queries get a pose
     assert len(result.failed) == result.num_queries - result.num_localized
+
+
+@pytest.mark.parametrize("script", ["aachen.py", "aachen_v1_1.py"])
+def test_pipeline_scripts_default_to_hlocs_folders(script, tmp_path) -> None:
+    """The scripts in pipelines/ run 'xfeat-hloc aachen' with their version's
+    default dataset folder: in an empty folder, the layout error names it."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "pipelines" / script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    folder = "aachen" if script == "aachen.py" else "aachen_v1.1"
+    assert result.returncode != 0
+    assert f"datasets/{folder}" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists() or not any(
+        (tmp_path / "outputs").rglob("*.h5")
+    )

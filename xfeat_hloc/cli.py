@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import UserError
 
@@ -31,6 +32,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check a localization results file",
     ),
 }
+
+
+def add_device_and_weights(
+    parser: argparse.ArgumentParser,
+    weights_help: str = "explicit weights file (conf weights_path)",
+) -> None:
+    """The ``--device`` and ``--weights`` options every model-running command has."""
+    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    parser.add_argument("--weights", type=Path, help=weights_help)
 
 
 def _build_parser(only: str | None) -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ The step modules expose them as ``confs`` like hloc does, and
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from .errors import UnknownConfError
@@ -97,12 +98,17 @@ _KINDS = {
 }
 
 
-def get_conf(name: str, kind: str) -> Conf:
+def get_conf(name: str, kind: str, weights_path: str | Path | None = None) -> Conf:
     """A deep copy of conf ``name`` of ``kind`` ('extractor', 'matcher',
-    'dense matcher'), or :class:`UnknownConfError` listing the known names."""
+    'dense matcher'), or :class:`UnknownConfError` listing the known names.
+
+    ``weights_path``, when given, becomes the model's explicit weights file."""
     table = _KINDS[kind]
     if name not in table:
         raise UnknownConfError(
             f"Unknown {kind} conf {name!r}. Known: {', '.join(sorted(table))}."
         )
-    return copy.deepcopy(table[name])
+    conf = copy.deepcopy(table[name])
+    if weights_path is not None:
+        conf["model"]["weights_path"] = str(weights_path)
+    return conf

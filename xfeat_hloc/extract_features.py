@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from . import extractors, logger
+from .cli import add_device_and_weights
 from .confs import extractors as confs
 from .errors import EmptyResultError, ImageReadError, UserError
 from .utils.base_model import BaseModel, dynamic_load
@@ -459,19 +460,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--feature_path", type=Path, help="explicit output h5 file")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
-    parser.add_argument(
-        "--weights", type=Path, help="explicit weights file (conf weights_path)"
-    )
+    add_device_and_weights(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``xfeat-hloc extract`` and print a one-line summary."""
     from .confs import get_conf
 
-    conf = get_conf(args.conf, "extractor")
-    if args.weights is not None:
-        conf["model"]["weights_path"] = str(args.weights)
+    conf = get_conf(args.conf, "extractor", args.weights)
     if args.export_dir is None and args.feature_path is None:
         raise UserError("Give --export_dir or --feature_path.")
     summary = extract(

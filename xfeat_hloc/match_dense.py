@@ -50,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from . import logger, matchers
+from .cli import add_device_and_weights
 from .confs import dense_matchers as confs
 from .errors import EmptyResultError, ImageReadError, UserError
 from .utils.aggregation import (
@@ -868,19 +869,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-kps", "--max_kps", dest="max_kps", type=int, help="keypoints per image"
     )
     parser.add_argument("--resize-max", dest="resize_max", type=int)
-    parser.add_argument("--weights", type=Path, help="explicit weights file")
-    parser.add_argument("--device", help="torch device (default: cuda if available)")
+    add_device_and_weights(parser)
     parser.add_argument("--overwrite", action="store_true")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from .confs import get_conf
 
-    conf = get_conf(args.conf, "dense matcher")
+    conf = get_conf(args.conf, "dense matcher", args.weights)
     if args.resize_max is not None:
         conf["preprocessing"]["resize_max"] = args.resize_max
-    if args.weights is not None:
-        conf["model"]["weights_path"] = str(args.weights)
     if args.max_kps is not None:
         conf["max_kps"] = args.max_kps
     features = args.features

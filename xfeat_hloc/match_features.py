@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from . import logger, matchers
+from .cli import add_device_and_weights
 from .confs import matchers as confs
 from .errors import UserError
 from .utils.base_model import BaseModel, dynamic_load
@@ -387,19 +388,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--conf", default="xfeat+mnn", choices=list(confs))
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
-    parser.add_argument(
-        "--weights", type=Path, help="explicit weights file (conf weights_path)"
-    )
+    add_device_and_weights(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``xfeat-hloc match`` and print a one-line summary."""
     from .confs import get_conf
 
-    conf = get_conf(args.conf, "matcher")
-    if args.weights is not None:
-        conf["model"]["weights_path"] = str(args.weights)
+    conf = get_conf(args.conf, "matcher", args.weights)
     features: Path | str = args.features
     matches = args.matches
     if Path(features).suffix == ".h5" or Path(features).exists():

@@ -36,6 +36,7 @@ import pycolmap
 from .. import logger
 from ..colmap_from_nvm import write_nvm
 from ..errors import DatasetLayoutError
+from ..results_file import pose_to_line, read_results
 from .strecha import GTCamera, load_strecha_scene
 
 # Strecha image -> (day|night, camera folder) for the held-out queries.
@@ -97,23 +98,10 @@ def _write_image(src: Path, dst: Path, size: tuple[int, int], night: bool) -> No
     cv2.imwrite(str(dst), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 
-def _pose_line(name: str, pose: pycolmap.Rigid3d) -> str:
-    qw_xyz = np.roll(pose.rotation.quat, 1)
-    values = " ".join(f"{v:.17g}" for v in (*qw_xyz, *pose.translation))
-    return f"{name} {values}\n"
-
-
 def read_ground_truth(path: Path) -> dict[str, pycolmap.Rigid3d]:
-    """``{name: cam_from_world}`` from a ``name qw qx qy qz tx ty tz`` file."""
-    poses = {}
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        name, *values = line.split()
-        qw, qx, qy, qz, tx, ty, tz = (float(v) for v in values)
-        rotation = pycolmap.Rotation3d(np.array([qx, qy, qz, qw]))
-        poses[name] = pycolmap.Rigid3d(rotation, np.array([tx, ty, tz]))
-    return poses
+    """``{name: cam_from_world}`` from a ``name qw qx qy qz tx ty tz`` file (the
+    results file format, with full query names)."""
+    return read_results(path)
 
 
 def _sift_model(
@@ -229,7 +217,7 @@ def build_mini_aachen(
             path = output / "queries" / f"{time}_time_queries_with_intrinsics.txt"
             path.write_text("".join(lines))
     ground_truth_path(output).write_text(
-        "".join(_pose_line(n, p) for n, p in query_poses.items())
+        "".join(pose_to_line(n, p) for n, p in query_poses.items())
     )
 
     db_names = sorted(names[n] for n in gt if n not in queries)

@@ -41,6 +41,7 @@ from typing import Any
 import pycolmap
 
 from .. import logger
+from ..cli import add_device_and_weights
 from ..confs import get_conf
 from ..errors import DatasetLayoutError, EmptyResultError, UserError
 from ..results_file import InvalidResultsError, validate_results, write_results
@@ -771,27 +772,22 @@ def _retrieve(
     from .. import extract_features, pairs_from_retrieval, vlad_from_features
 
     needed = db_names + layout.queries
-    if retrieval == "netvlad":
-        conf = get_conf("netvlad", "extractor")
-        global_features = extract_features.main(
-            conf,
+
+    def extract(conf_name: str) -> Path:
+        return extract_features.main(
+            get_conf(conf_name, "extractor"),
             layout.images,
             outputs,
             image_list=needed,
             overwrite=overwrite,
             device=device,
         )
+
+    if retrieval == "netvlad":
+        global_features = extract("netvlad")
     else:
         if local_features is None:
-            conf = get_conf(RETRIEVAL_LOCAL_FEATURES, "extractor")
-            local_features = extract_features.main(
-                conf,
-                layout.images,
-                outputs,
-                image_list=needed,
-                overwrite=overwrite,
-                device=device,
-            )
+            local_features = extract(RETRIEVAL_LOCAL_FEATURES)
         global_features = vlad_from_features.main(
             local_features,
             outputs / f"global-feats-vlad-{Path(local_features).stem}.h5",
@@ -922,13 +918,10 @@ def add_arguments_aachen(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="use this 'query db' pairs file (e.g. hloc's pairs-query-netvlad50.txt)",
     )
-    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    add_device_and_weights(parser, "explicit weights file of the matcher model")
     parser.add_argument("--resize-max", type=int, help="override the conf's resize_max")
     parser.add_argument(
         "--max-keypoints", type=int, help="keypoints per image (sparse) / kept (dense)"
-    )
-    parser.add_argument(
-        "--weights", type=Path, help="explicit weights file of the matcher model"
     )
     parser.add_argument(
         "--on-failure",
@@ -1002,3 +995,18 @@ def run_cli_validate_results(args: argparse.Namespace) -> int:
     report = validate_results(args.results, queries, args.prepend_camera_name)
     print(report.summary(max_items=10))
     return 0 if report.ok else 1
+
+
+def script_main(version: str, argv: list[str] | None = None) -> int:
+    """``pipelines/aachen.py`` and ``pipelines/aachen_v1_1.py``: ``xfeat-hloc
+    aachen --version VERSION`` with hloc's default folders for that version
+    (``datasets/aachen[_v1.1]``, ``outputs/aachen[_v1.1]``); options in ``argv``
+    (default: ``sys.argv[1:]``) win."""
+    import sys
+
+    from ..cli import main
+
+    suffix = "" if version == "1.0" else f"_v{version}"
+    defaults = ["--version", version, "--dataset", f"datasets/aachen{suffix}"]
+    defaults += ["--outputs", f"outputs/aachen{suffix}"]
+    return main(["aachen", *defaults, *(sys.argv[1:] if argv is None else argv)])

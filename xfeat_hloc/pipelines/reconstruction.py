@@ -28,6 +28,7 @@ import numpy as np
 import pycolmap
 
 from .. import logger
+from ..cli import add_device_and_weights
 from ..confs import get_conf
 from ..errors import EmptyResultError, UserError
 
@@ -280,9 +281,9 @@ def run(
     timings["pairs"] = time.perf_counter() - tic
 
     if "dense" in spec:
-        conf = _with_resize(get_conf(spec["dense"], "dense matcher"), resize_max)
-        if weights is not None:
-            conf["model"]["weights_path"] = str(weights)
+        conf = _with_resize(
+            get_conf(spec["dense"], "dense matcher", weights), resize_max
+        )
         tic = time.perf_counter()
         features, matches = match_dense.main(
             conf,
@@ -295,12 +296,10 @@ def run(
         timings["match"] = time.perf_counter() - tic
     else:
         feature_conf = _with_max_keypoints(
-            _with_resize(get_conf(spec["extractor"], "extractor"), resize_max),
+            _with_resize(get_conf(spec["extractor"], "extractor", weights), resize_max),
             max_keypoints,
         )
         matcher_conf = get_conf(spec["matcher"], "matcher")
-        if weights is not None:
-            feature_conf["model"]["weights_path"] = str(weights)
         tic = time.perf_counter()
         features = extract_features.main(
             feature_conf,
@@ -426,10 +425,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-keypoints", type=int, help="keypoints per image (sparse methods)"
     )
-    parser.add_argument(
-        "--weights", type=Path, help="explicit weights file (XFeat or LoFTR)"
-    )
-    parser.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    add_device_and_weights(parser, "explicit weights file (XFeat or LoFTR)")
     parser.add_argument(
         "--camera-mode",
         default="GROUPED",
