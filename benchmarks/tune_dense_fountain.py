@@ -30,15 +30,16 @@ from xfeat_hloc.confs import get_conf
 from xfeat_hloc.errors import UserError
 from xfeat_hloc.evaluation.poses import evaluate_reconstruction
 from xfeat_hloc.evaluation.strecha import load_strecha_scene
-from xfeat_hloc.matchers.xfeat_star import XFeatStar
+from xfeat_hloc.matchers.xfeat_star import XFeatStar, _shifted
 from xfeat_hloc.utils.aggregation import VoteAccumulator
 from xfeat_hloc.utils.parsers import write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
 
-# name: (resize_max, refine, cell_size, max_error, max_kps, min_score[, offsets])
-# (offsets: see ShiftedMixin); cell 0:
+# name: (resize_max, refine, cell_size, max_error, max_kps, min_score[, shifts])
+# (shifts: the model's (shift0, shift1), each (dx, dy) in network pixels; without
+# them the conf's); cell 0:
 # no cells, every distinct point is a keypoint (points that coincide across
 # pairs merge); min_score drops per-pair matches of lower refinement confidence
 # (as the model's fine_conf would).
@@ -71,9 +72,10 @@ VARIANTS: dict[str, tuple] = {
     "c8 e2 s0.7": (1600, True, 8, 2, 8192, 0.7),
     "c8 e2 no-refine": (1600, False, 8, 2, 8192, 0),
     "c2 e1 no-refine": (1600, False, 2, 1, 8192, 0),
-    "c8 e2 a1.5": (1600, True, 8, 2, 8192, 0, (1.5, 0.0)),
-    "c8 e2 b-1.5": (1600, True, 8, 2, 8192, 0, (0.0, -1.5)),
-    "c8 e2 a4.5 b3": (1600, True, 8, 2, 8192, 0, (4.5, 3.0)),
+    "c8 e2 official": (1600, True, 8, 2, 8192, 0, ((0, 0), (0, 0))),
+    "c8 e2 a1.5": (1600, True, 8, 2, 8192, 0, ((1.5, 1.5), (0, 0))),
+    "c8 e2 b-1.5": (1600, True, 8, 2, 8192, 0, ((0, 0), (-1.5, -1.5))),
+    "c8 e2 a4.5 b3": (1600, True, 8, 2, 8192, 0, ((4.5, 4.5), (3, 3))),
     "c8 e2 r1024": (1024, True, 8, 2, 8192, 0),
     "c8 e2 r2048": (2048, True, 8, 2, 8192, 0),
     "c2 e1 r1024": (1024, True, 2, 1, 8192, 0),
@@ -103,31 +105,13 @@ class BinCentreAccumulator(VoteAccumulator):
         return xy[order].astype(np.float32), votes[order].astype(np.float32)
 
 
-class ShiftedMixin:
-    """Moves XFeat*'s points by ``offsets = (a, b)`` pixels of the network input
-    at each point's scale: image 0's refined points by ``a``, image 1's cell
-    corners by ``b`` (measurement of the official positions' bias)."""
-
-    offsets = (0.0, 0.0)
-
-    def match_dense_features(self, features0, features1):
-        a, b = self.offsets
-        features0 = {
-            **features0,
-            "keypoints": features0["keypoints"] + a * features0["scales"],
-        }
-        features1 = {
-            **features1,
-            "keypoints": features1["keypoints"] + b * features1["scales"],
-        }
-        return super().match_dense_features(features0, features1)
-
-
 class UnrefinedXFeatStar(XFeatStar):
     """XFeat* keeping image 0's coarse cell positions (measurement only)."""
 
     def match_dense_features(self, features0, features1):
-        # refine_matches moves image 0's points by offset * scale: zero scale
+        # refine_matches moves image 0's points by offset * scale: zero scale,
+        # after applying the conf's shift0 (which is also scaled)
+        features0 = _shifted(features0, self.conf["shift0"])
         return super().match_dense_features(
             {**features0, "scales": torch.zeros_like(features0["scales"])}, features1
         )
@@ -249,19 +233,21 @@ def main() -> None:
     match_seconds: dict[tuple, float] = {}
     for name in args.variants:
         resize_max, refine, cell, max_error, max_kps, min_score, *extra = VARIANTS[name]
-        offsets = tuple(extra[0]) if extra else (0.0, 0.0)
         conf = copy.deepcopy(get_conf("xfeat_star", "dense matcher"))
+        if extra:
+            conf["model"]["shift0"], conf["model"]["shift1"] = extra[0]
+        shifts = (conf["model"]["shift0"], conf["model"]["shift1"])
         conf["preprocessing"]["resize_max"] = resize_max
         conf.update(cell_size=cell, max_error=max_error)
         conf.pop("max_kps", None)
-        key = (resize_max, refine, offsets)
-        suffix = "" if offsets == (0.0, 0.0) else f"-a{offsets[0]}-b{offsets[1]}"
+        key = (resize_max, refine, shifts)
+        suffix = "-".join(f"{v:g}" for shift in shifts for v in shift)
         matches = args.out / (
-            f"raw-r{resize_max}-{'ref' if refine else 'coarse'}{suffix}.h5"
+            f"raw-r{resize_max}-{'ref' if refine else 'coarse'}-s{suffix}.h5"
         )
         if key not in match_seconds:
             tic = time.perf_counter()
-            _match_only(conf, refine, pairs, image_dir, matches, offsets)
+            _match_only(conf, refine, pairs, image_dir, matches)
             match_seconds[key] = time.perf_counter() - tic
         if min_score:
             matches = _filtered(matches, min_score)
@@ -329,10 +315,8 @@ def _filtered(raw: Path, min_score: float) -> Path:
     return out
 
 
-def _match_only(
-    conf, refine: bool, pairs: Path, image_dir: Path, matches: Path, offsets
-) -> None:
-    """Pass 1 of match_dense with the (possibly unrefined or shifted) model."""
+def _match_only(conf, refine: bool, pairs: Path, image_dir: Path, matches: Path):
+    """Pass 1 of match_dense with the (possibly unrefined) model."""
     from xfeat_hloc.utils.parsers import parse_pairs
 
     if matches.exists():
@@ -340,11 +324,7 @@ def _match_only(
     conf = match_dense.resolve_conf(conf)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     original = match_dense.dynamic_load
-    base = XFeatStar if refine else UnrefinedXFeatStar
-    if refine and offsets == (0.0, 0.0):
-        model = base
-    else:
-        model = type("Shifted", (ShiftedMixin, base), {"offsets": offsets})
+    model = XFeatStar if refine else UnrefinedXFeatStar
     match_dense.dynamic_load = lambda root, name: model
     try:
         match_dense.match_pairs(
